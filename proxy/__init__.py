@@ -1,0 +1,1 @@
+"""Stillroom: the proxy service (HTTP data path, CLI, admin API)."""

@@ -1,0 +1,5 @@
+"""``python -m proxy`` runs the ``stillroom`` command."""
+
+from proxy.cli import main
+
+main()

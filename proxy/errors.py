@@ -1,0 +1,114 @@
+"""The proxy's own errors, and how they look on the wire.
+
+Hierarchy::
+
+    ProxyError                      an error the proxy answers itself (never an upstream answer)
+    ├── UpstreamError               the upstream could not give a complete answer
+    │   ├── UpstreamTimeout         connect, first byte or idle timeout          → 504
+    │   ├── UpstreamUnavailable     refused, unreachable, DNS, TLS               → 502
+    │   └── UpstreamProtocolError   closed without a reply, broken framing       → 502
+    ├── ShuttingDown                cut at the end of the drain window           → 503
+    ├── RequestTooLarge             body over STILLROOM_MAX_REQUEST_BYTES        → 413
+    ├── InvalidRequest              malformed request the proxy will not forward → 400
+    ├── RouteNotFound               a path the proxy does not serve              → 404
+    └── AdminAuthError              missing or wrong admin token                 → 401
+
+Upstream 4xx/5xx answers are *not* exceptions: they pass through byte for byte. Every error the
+proxy raises is answered with OpenAI's envelope ``{"error": {"message", "type", "param",
+"code"}}`` so the SDKs parse it (and retry 502/504). Messages never carry secrets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import orjson
+
+
+class ProxyError(Exception):
+    status_code = 500
+    error_type = "proxy_error"
+    code: str | None = "proxy_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def to_json(self) -> bytes:
+        return error_body(self.message, self.error_type, self.code, self.param)
+
+
+class UpstreamError(ProxyError):
+    status_code = 502
+    code = "upstream_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    status_code = 504
+    code = "upstream_timeout"
+
+
+class UpstreamUnavailable(UpstreamError):
+    status_code = 502
+    code = "upstream_unavailable"
+
+
+class UpstreamProtocolError(UpstreamError):
+    status_code = 502
+    code = "upstream_protocol_error"
+
+
+class ShuttingDown(ProxyError):
+    status_code = 503
+    code = "proxy_shutting_down"
+
+
+class RequestTooLarge(ProxyError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class InvalidRequest(ProxyError):
+    status_code = 400
+    error_type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class RouteNotFound(ProxyError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+
+class AdminAuthError(ProxyError):
+    status_code = 401
+    error_type = "authentication_error"
+    code = "invalid_admin_token"
+
+
+def error_body(message: str, error_type: str, code: str | None, param: str | None = None) -> bytes:
+    return orjson.dumps(
+        {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+    )
+
+
+@contextmanager
+def map_upstream_errors() -> Iterator[None]:
+    """Translate httpx transport exceptions into ours (``raise ... from exc``)."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        phase = "connect" if isinstance(exc, httpx.ConnectTimeout) else "read"
+        raise UpstreamTimeout(f"upstream {phase} timeout") from exc
+    except (httpx.ConnectError, httpx.UnsupportedProtocol) as exc:
+        raise UpstreamUnavailable("upstream unreachable") from exc
+    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+        raise UpstreamProtocolError(
+            "upstream closed the connection without a complete answer"
+        ) from exc
+    except httpx.TransportError as exc:
+        raise UpstreamUnavailable("upstream transport error") from exc

@@ -1,0 +1,362 @@
+"""The relay: one client request in, one upstream request out, the answer streamed back.
+
+This is the hot path, written as a raw ASGI callable (no middleware, no per-chunk task, no
+re-serialising). Per request it:
+
+1. refuses what it will not forward (dot segments, conflicting framing, bodies over the cap: 413
+   before anything goes upstream, whether the length is declared or the body is chunked);
+2. reads the raw body (bytes exactly as sent) and builds the upstream request: the operator's
+   upstream + the raw path and query, the client's headers through ``headers.py``;
+3. sends it once (a POST is never retried) and relays status, headers and raw body chunks as
+   they arrive; every chunk is offered to the exchange's ``Tee`` (the capture seam) unchanged;
+4. watches the client: a disconnect, at any time, cancels the upstream request at once;
+5. enforces the first-byte deadline, then the idle deadline between body chunks, with one lazy
+   timer per request (a chunk only stamps the time);
+6. ends each exchange in exactly one ``Outcome`` and reports it to the tee and the metrics.
+
+Errors of the proxy's own become OpenAI-shaped JSON (``errors.py``). Once the response has
+started its status cannot change: an upstream failure mid-body aborts the client connection
+without the chunked terminator, so the client sees a broken stream, never a clean one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import httpx
+
+from proxy import headers as header_policy
+from proxy.errors import (
+    InvalidRequest,
+    ProxyError,
+    RequestTooLarge,
+    RouteNotFound,
+    ShuttingDown,
+    UpstreamTimeout,
+    map_upstream_errors,
+)
+from proxy.metrics import ProxyMetrics
+from proxy.tasks import spawn
+from proxy.types import Receive, Scope, Send
+
+logger = logging.getLogger("stillroom.forward")
+
+Outcome = Literal[
+    "completed", "upstream_error", "upstream_timeout", "client_disconnected", "interrupted"
+]
+
+
+class Tee(Protocol):
+    """Receives a copy of one exchange; implemented by capture. Must never raise or block."""
+
+    def on_response_start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None: ...
+
+    def on_chunk(self, chunk: bytes) -> None: ...
+
+    def on_end(self, outcome: Outcome, error: str | None, ttfb: float | None) -> None: ...
+
+
+class TeeFactory(Protocol):
+    """Decides whether an exchange is copied; returns None to skip it (the common cheap case)."""
+
+    def __call__(
+        self, scope: Scope, body: bytes, stillroom_headers: dict[bytes, bytes]
+    ) -> Tee | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    upstream: str
+    upstream_api_key: str | None
+    max_request_bytes: int
+    first_byte_timeout: float
+    idle_timeout: float
+
+
+class _Watch:
+    """Per-request cancellation state: client gone, or a deadline passed."""
+
+    __slots__ = ("task", "loop", "handle", "last", "first_byte_seen", "gone", "timed_out", "done")
+
+    def __init__(
+        self,
+        task: asyncio.Task[object],
+        loop: asyncio.AbstractEventLoop,
+        first_byte_timeout: float,
+        on_deadline: Callable[[_Watch], None],
+    ) -> None:
+        self.task = task
+        self.loop = loop
+        self.last = loop.time()
+        self.handle = loop.call_at(self.last + first_byte_timeout, on_deadline, self)
+        self.first_byte_seen = False
+        self.gone = False
+        self.timed_out = False
+        self.done = False
+
+
+_KNOWN_ROUTES = frozenset(
+    {"chat/completions", "responses", "completions", "embeddings", "models", "files", "batches"}
+)
+_KNOWN_ROOTS = frozenset(
+    {
+        "chat",
+        "responses",
+        "models",
+        "files",
+        "uploads",
+        "fine_tuning",
+        "batches",
+        "evals",
+        "audio",
+        "images",
+        "moderations",
+        "vector_stores",
+        "assistants",
+        "threads",
+        "realtime",
+    }
+)
+
+
+def route_template(path: str) -> str:
+    """A low-cardinality label for a /v1 path (ids never reach the metrics)."""
+    rest = path[4:]  # after "/v1/"
+    if rest in _KNOWN_ROUTES:
+        return path
+    root = rest.split("/", 1)[0]
+    return f"/v1/{root}/*" if root in _KNOWN_ROOTS else "/v1/*"
+
+
+def _has_dot_segment(path: str) -> bool:
+    return "/./" in path or "/../" in path or path.endswith(("/.", "/.."))
+
+
+class Forwarder:
+    """ASGI app for ``/v1/...``: forwards to the upstream through ``client``."""
+
+    def __init__(
+        self,
+        config: RelayConfig,
+        client: httpx.AsyncClient,
+        metrics: ProxyMetrics,
+        tee_factory: TeeFactory | None = None,
+    ) -> None:
+        self._config = config
+        self._client = client
+        self._metrics = metrics
+        self._tee_factory = tee_factory
+        self._upstream = config.upstream.encode("ascii")
+        self.active = 0  # exchanges in progress; shutdown waits for it to reach 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = route_template(scope["path"])
+        method = scope["method"]
+        metrics = self._metrics
+        metrics.in_flight.inc()
+        self.active += 1
+        status = 0
+        try:
+            status = await self._exchange(scope, receive, send, route)
+        finally:
+            self.active -= 1
+            metrics.in_flight.dec()
+            metrics.count_request(route, method, status)
+
+    async def _exchange(self, scope: Scope, receive: Receive, send: Send, route: str) -> int:
+        try:
+            body = await self._read_request(scope, receive)
+        except ProxyError as exc:
+            self._metrics.count_proxy_error(exc)
+            return await _send_error(send, exc)
+        if body is None:  # client left while sending its body
+            self._metrics.client_disconnects.inc()
+            return 499
+
+        out_headers, ours = header_policy.upstream_request_headers(
+            scope["headers"], self._config.upstream_api_key
+        )
+        tee = self._tee_factory(scope, body, ours) if self._tee_factory is not None else None
+        target = self._upstream + (scope.get("raw_path") or scope["path"].encode())
+        if scope["query_string"]:
+            target += b"?" + scope["query_string"]
+        request = httpx.Request(
+            scope["method"], target.decode("latin-1"), headers=out_headers, content=body
+        )
+        task: asyncio.Task[object] = asyncio.current_task()  # type: ignore[assignment]
+        watch = _Watch(
+            task, asyncio.get_running_loop(), self._config.first_byte_timeout, self._check_deadline
+        )
+        watcher = spawn(_watch_disconnect(receive, watch), name="stillroom-disconnect-watch")
+        started = time.perf_counter()
+        try:
+            return await self._relay(request, send, watch, tee, route, started)
+        finally:
+            watch.done = True
+            watch.handle.cancel()
+            watcher.cancel()
+
+    async def _relay(
+        self,
+        request: httpx.Request,
+        send: Send,
+        watch: _Watch,
+        tee: Tee | None,
+        route: str,
+        started: float,
+    ) -> int:
+        response: httpx.Response | None = None
+        response_started = False
+        ttfb: float | None = None
+        status = 0
+        outcome: Outcome = "completed"
+        error: str | None = None
+        try:
+            with map_upstream_errors():
+                response = await self._client.send(request, stream=True)
+            status = response.status_code
+            headers = header_policy.client_response_headers(response.headers.raw)
+            if tee is not None:
+                tee.on_response_start(status, headers)
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            response_started = True
+            with map_upstream_errors():
+                async for chunk in response.aiter_raw():
+                    watch.last = watch.loop.time()
+                    if not watch.first_byte_seen:
+                        watch.first_byte_seen = True
+                        watch.handle.cancel()  # from here on the (shorter) idle deadline rules
+                        watch.handle = watch.loop.call_at(
+                            watch.last + self._config.idle_timeout, self._check_deadline, watch
+                        )
+                        ttfb = time.perf_counter() - started
+                        self._metrics.observe_ttfb(route, ttfb)
+                    if tee is not None:
+                        tee.on_chunk(chunk)
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            watch.done = True
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if status >= 400:
+                outcome, error = "upstream_error", f"upstream answered {status}"
+        except asyncio.CancelledError:
+            # Client gone, deadline passed, or the server cut us at the end of the drain window:
+            # all three end this exchange here, with its outcome recorded (not a crash).
+            watch.task.uncancel()
+            outcome, error, status = self._cancelled(watch, status)
+            if not response_started and outcome == "upstream_timeout":
+                status = await _send_error(send, UpstreamTimeout("upstream first byte timeout"))
+            elif not response_started and outcome == "interrupted":
+                status = await _send_error(send, ShuttingDown("proxy is shutting down; retry"))
+        except ProxyError as exc:
+            self._metrics.count_proxy_error(exc)
+            outcome = "upstream_timeout" if isinstance(exc, UpstreamTimeout) else "upstream_error"
+            error = exc.message
+            if response_started:
+                logger.warning(
+                    "upstream failed mid-response (%s); aborting the client stream", error
+                )
+            else:
+                status = await _send_error(send, exc)
+        except OSError:  # the client's socket failed while we were writing to it
+            outcome, error = "client_disconnected", "client connection lost"
+        finally:
+            if response is not None:
+                await response.aclose()
+            self._metrics.observe_latency(route, time.perf_counter() - started)
+            if outcome == "client_disconnected":
+                self._metrics.client_disconnects.inc()
+            if tee is not None:
+                tee.on_end(outcome, error, ttfb)
+        return status
+
+    def _cancelled(self, watch: _Watch, status: int) -> tuple[Outcome, str | None, int]:
+        if watch.gone:
+            return "client_disconnected", "client disconnected", 499
+        if watch.timed_out:
+            phase = "idle" if watch.first_byte_seen else "first byte"
+            return "upstream_timeout", f"upstream {phase} timeout", status
+        return "interrupted", "proxy shutting down", status
+
+    def _check_deadline(self, watch: _Watch) -> None:
+        if watch.done:
+            return
+        limit = (
+            self._config.idle_timeout if watch.first_byte_seen else self._config.first_byte_timeout
+        )
+        deadline = watch.last + limit
+        if watch.loop.time() >= deadline:
+            watch.timed_out = True
+            watch.task.cancel()
+        else:
+            watch.handle = watch.loop.call_at(deadline, self._check_deadline, watch)
+
+    async def _read_request(self, scope: Scope, receive: Receive) -> bytes | None:
+        path: str = scope["path"]
+        if _has_dot_segment(path):
+            raise RouteNotFound(f"Invalid URL ({scope['method']} {path})")
+        client_headers = scope["headers"]
+        if header_policy.has_conflicting_framing(client_headers):
+            raise InvalidRequest("request has both Content-Length and Transfer-Encoding")
+        limit = self._config.max_request_bytes
+        try:
+            declared = header_policy.declared_length(client_headers)
+        except ValueError as exc:
+            raise InvalidRequest("malformed Content-Length header") from exc
+        if declared is not None and declared > limit:
+            raise RequestTooLarge(_too_large(limit))
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body: bytes = message.get("body", b"")
+        if not message.get("more_body", False):
+            if len(body) > limit:
+                raise RequestTooLarge(_too_large(limit))
+            return body
+        parts = [body]
+        size = len(body)
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise RequestTooLarge(_too_large(limit))
+            parts.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(parts)
+
+
+def _too_large(limit: int) -> str:
+    return f"Request body is larger than the proxy's limit of {limit} bytes."
+
+
+async def _watch_disconnect(receive: Receive, watch: _Watch) -> None:
+    while not watch.done:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            if not watch.done:
+                watch.gone = True
+                watch.task.cancel()
+            return
+
+
+async def _send_error(send: Send, exc: ProxyError) -> int:
+    body = exc.to_json()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": exc.status_code,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+    return exc.status_code

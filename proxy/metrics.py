@@ -1,0 +1,91 @@
+"""Every Prometheus metric the proxy exports, on a registry made per app (never the global one).
+
+Labels are low-cardinality only: route template, method, status class, error kind. Labelled
+children are cached so the hot path pays a dict lookup, not prometheus_client's label parsing.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from proxy.errors import ProxyError
+
+_LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0,
+)  # fmt: skip
+
+
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+
+
+def _status_class(status: int) -> str:
+    if status == 499:
+        return "client_closed"
+    return f"{status // 100}xx" if 100 <= status <= 599 else "none"
+
+
+class ProxyMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "stillroom_requests",
+            "Requests handled, by route template, method and status class.",
+            ["route", "method", "status_class"],
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "stillroom_requests_in_flight",
+            "Requests being relayed right now.",
+            registry=registry,
+        )
+        self.upstream_latency = Histogram(
+            "stillroom_upstream_latency_seconds",
+            "Time from sending the request upstream to the end of the relayed response.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.upstream_ttfb = Histogram(
+            "stillroom_upstream_ttfb_seconds",
+            "Time from sending the request upstream to the first byte of the response body.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.proxy_errors = Counter(
+            "stillroom_proxy_errors",
+            "Errors the proxy answered itself (upstream unreachable, timeout, too large, ...).",
+            ["code"],
+            registry=registry,
+        )
+        self.client_disconnects = Counter(
+            "stillroom_client_disconnects",
+            "Clients that went away before their response was complete.",
+            registry=registry,
+        )
+        self._request_children: dict[tuple[str, str, str], Counter] = {}
+        self._latency_children: dict[str, Histogram] = {}
+        self._ttfb_children: dict[str, Histogram] = {}
+
+    def count_request(self, route: str, method: str, status: int) -> None:
+        key = (route, method if method in _METHODS else "OTHER", _status_class(status))
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.requests.labels(*key)
+        child.inc()
+
+    def observe_latency(self, route: str, seconds: float) -> None:
+        child = self._latency_children.get(route)
+        if child is None:
+            child = self._latency_children[route] = self.upstream_latency.labels(route)
+        child.observe(seconds)
+
+    def observe_ttfb(self, route: str, seconds: float) -> None:
+        child = self._ttfb_children.get(route)
+        if child is None:
+            child = self._ttfb_children[route] = self.upstream_ttfb.labels(route)
+        child.observe(seconds)
+
+    def count_proxy_error(self, exc: ProxyError) -> None:
+        self.proxy_errors.labels(exc.code or "proxy_error").inc()

@@ -1,0 +1,1 @@
+"""Stillroom storage: the Store protocol and its backends. Never imports proxy."""
