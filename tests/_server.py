@@ -20,7 +20,9 @@ class _ThreadServer(uvicorn.Server):
 @contextmanager
 def serve_in_thread(app: Any, **config: Any) -> Iterator[str]:
     """Serve ``app`` on 127.0.0.1 with a free port; yield its base URL ("http://127.0.0.1:PORT")."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on sockets that say so, and without
+    # it every keep-alive response after the first waits ~40 ms for delayed ACKs.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

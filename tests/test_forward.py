@@ -49,7 +49,7 @@ def test_sdk_responses_embeddings_and_models(proxy_url):
         assert response.output_text
         with client.responses.stream(model="gpt-4o-mini", input="Say hello") as stream:
             final = stream.get_final_response()
-        assert final.output_text
+        assert final.output_text == response.output_text
         floats = client.embeddings.create(
             model="text-embedding-3-small", input="hi", encoding_format="float"
         )
