@@ -90,7 +90,8 @@ class StillroomApp:
             first_byte_timeout=s.first_byte_timeout,
             idle_timeout=s.idle_timeout,
         )
-        self.state = AppState(client=client, forwarder=Forwarder(relay, client, self.metrics))
+        forwarder = Forwarder(relay, transport, self.metrics)
+        self.state = AppState(client=client, forwarder=forwarder)
         logger.info("forwarding /v1 to %s", s.upstream)
 
     async def shutdown(self) -> None:

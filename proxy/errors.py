@@ -20,9 +20,6 @@ proxy raises is answered with OpenAI's envelope ``{"error": {"message", "type", 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import httpx
 import orjson
 
@@ -96,19 +93,13 @@ def error_body(message: str, error_type: str, code: str | None, param: str | Non
     )
 
 
-@contextmanager
-def map_upstream_errors() -> Iterator[None]:
-    """Translate httpx transport exceptions into ours (``raise ... from exc``)."""
-    try:
-        yield
-    except httpx.TimeoutException as exc:
+def upstream_error(exc: httpx.TransportError) -> UpstreamError:
+    """Our exception for an httpx transport exception (raise it ``from exc``)."""
+    if isinstance(exc, httpx.TimeoutException):
         phase = "connect" if isinstance(exc, httpx.ConnectTimeout) else "read"
-        raise UpstreamTimeout(f"upstream {phase} timeout") from exc
-    except (httpx.ConnectError, httpx.UnsupportedProtocol) as exc:
-        raise UpstreamUnavailable("upstream unreachable") from exc
-    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
-        raise UpstreamProtocolError(
-            "upstream closed the connection without a complete answer"
-        ) from exc
-    except httpx.TransportError as exc:
-        raise UpstreamUnavailable("upstream transport error") from exc
+        return UpstreamTimeout(f"upstream {phase} timeout")
+    if isinstance(exc, httpx.ConnectError | httpx.UnsupportedProtocol):
+        return UpstreamUnavailable("upstream unreachable")
+    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
+        return UpstreamProtocolError("upstream closed the connection without a complete answer")
+    return UpstreamUnavailable("upstream transport error")

@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 import httpx
 
@@ -38,10 +38,11 @@ from proxy.errors import (
     RouteNotFound,
     ShuttingDown,
     UpstreamTimeout,
-    map_upstream_errors,
+    upstream_error,
 )
 from proxy.metrics import ProxyMetrics
 from proxy.tasks import spawn
+from proxy.transport import UpstreamResponse
 from proxy.types import Receive, Scope, Send
 
 logger = logging.getLogger("stillroom.forward")
@@ -59,6 +60,21 @@ class Tee(Protocol):
     def on_chunk(self, chunk: bytes) -> None: ...
 
     def on_end(self, outcome: Outcome, error: str | None, ttfb: float | None) -> None: ...
+
+
+class UpstreamPool(Protocol):
+    """Where requests go: the operator's upstream, through one pooled client."""
+
+    async def open(
+        self, method: str, url: str, headers: list[tuple[str, str]], body: bytes
+    ) -> UpstreamResponse: ...
+
+
+class _Request(NamedTuple):
+    method: str
+    url: str
+    headers: list[tuple[str, str]]
+    body: bytes
 
 
 class TeeFactory(Protocol):
@@ -143,12 +159,12 @@ class Forwarder:
     def __init__(
         self,
         config: RelayConfig,
-        client: httpx.AsyncClient,
+        upstream: UpstreamPool,
         metrics: ProxyMetrics,
         tee_factory: TeeFactory | None = None,
     ) -> None:
         self._config = config
-        self._client = client
+        self._pool = upstream
         self._metrics = metrics
         self._tee_factory = tee_factory
         self._upstream = config.upstream.encode("ascii")
@@ -185,9 +201,7 @@ class Forwarder:
         target = self._upstream + (scope.get("raw_path") or scope["path"].encode())
         if scope["query_string"]:
             target += b"?" + scope["query_string"]
-        request = httpx.Request(
-            scope["method"], target.decode("latin-1"), headers=out_headers, content=body
-        )
+        request = _Request(scope["method"], target.decode("latin-1"), out_headers, body)
         task: asyncio.Task[object] = asyncio.current_task()  # type: ignore[assignment]
         watch = _Watch(
             task, asyncio.get_running_loop(), self._config.first_byte_timeout, self._check_deadline
@@ -203,30 +217,32 @@ class Forwarder:
 
     async def _relay(
         self,
-        request: httpx.Request,
+        request: _Request,
         send: Send,
         watch: _Watch,
         tee: Tee | None,
         route: str,
         started: float,
     ) -> int:
-        response: httpx.Response | None = None
+        response: UpstreamResponse | None = None
         response_started = False
         ttfb: float | None = None
         status = 0
         outcome: Outcome = "completed"
         error: str | None = None
         try:
-            with map_upstream_errors():
-                response = await self._client.send(request, stream=True)
-            status = response.status_code
-            headers = header_policy.client_response_headers(response.headers.raw)
+            try:
+                response = await self._pool.open(*request)
+            except httpx.TransportError as exc:
+                raise upstream_error(exc) from exc
+            status = response.status
+            headers = header_policy.client_response_headers(response.headers)
             if tee is not None:
                 tee.on_response_start(status, headers)
             await send({"type": "http.response.start", "status": status, "headers": headers})
             response_started = True
-            with map_upstream_errors():
-                async for chunk in response.aiter_raw():
+            try:
+                async for chunk in response.chunks():
                     watch.last = watch.loop.time()
                     if not watch.first_byte_seen:
                         watch.first_byte_seen = True
@@ -239,6 +255,8 @@ class Forwarder:
                     if tee is not None:
                         tee.on_chunk(chunk)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except httpx.TransportError as exc:
+                raise upstream_error(exc) from exc
             watch.done = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             if status >= 400:
@@ -266,7 +284,7 @@ class Forwarder:
             outcome, error = "client_disconnected", "client connection lost"
         finally:
             if response is not None:
-                await response.aclose()
+                response.close()
             self._metrics.observe_latency(route, time.perf_counter() - started)
             if outcome == "client_disconnected":
                 self._metrics.client_disconnects.inc()
