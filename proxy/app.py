@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -22,14 +22,29 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from proxy.errors import RouteNotFound
+from proxy.capture import (
+    SCOPE_CAPTURE,
+    SCOPE_PREFIX_ERROR,
+    SCOPE_TAGS,
+    CaptureDrops,
+    CapturePolicy,
+    CaptureStats,
+)
+from proxy.errors import InvalidRequest, RouteNotFound
 from proxy.forward import Forwarder, RelayConfig
-from proxy.metrics import ProxyMetrics
+from proxy.metrics import CaptureMetrics, ProxyMetrics
 from proxy.settings import Settings
+from proxy.tags import parse_capture_switch, parse_tags, split_prefix
 from proxy.transport import AiohttpTransport
 from proxy.types import Receive, Scope, Send
+from proxy.writer import CaptureWriter
+from storage.base import NullStore, Store
+from storage.connect import open_store
+from storage.errors import StoreError
 
 logger = logging.getLogger("stillroom.app")
+
+_WRITER_DRAIN_SECONDS = 10.0  # after the request drain: time to write what is still queued
 
 
 @dataclass(slots=True)
@@ -38,8 +53,9 @@ class AppState:
 
     client: httpx.AsyncClient
     forwarder: Forwarder
+    store: Store
+    writer: CaptureWriter
     draining: bool = False
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 class StillroomApp:
@@ -49,6 +65,7 @@ class StillroomApp:
         self.settings = settings
         self.registry = CollectorRegistry(auto_describe=True)
         self.metrics = ProxyMetrics(self.registry)
+        self.capture_metrics = CaptureMetrics(self.registry)
         self.state: AppState | None = None
         self._site = Starlette(
             routes=[
@@ -62,6 +79,9 @@ class StillroomApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
+            if path.startswith("/t/"):
+                scope = _strip_tag_prefix(scope)
+                path = scope["path"]
             if path.startswith("/v1/") and self.state is not None:
                 await self.state.forwarder(scope, receive, send)
                 return
@@ -77,6 +97,37 @@ class StillroomApp:
 
     async def startup(self) -> None:
         s = self.settings
+        store: Store = open_store(s.database) if s.capture else NullStore()
+        try:
+            if s.migrate_on_start:
+                applied = await store.migrate()
+                if applied:
+                    logger.info("applied migrations: %s", ", ".join(applied))
+            elif pending := await store.pending_migrations():
+                raise StoreError(f"pending migrations {pending}; run `stillroom db migrate`")
+            secret = await store.install_secret()
+        except BaseException:
+            await store.close()
+            raise
+        writer = CaptureWriter(
+            store,
+            max_queue=s.queue_max_records,
+            max_queue_bytes=s.queue_max_bytes,
+            batch_size=s.batch_size,
+            flush_interval=s.flush_interval,
+            logger=logging.getLogger("stillroom.writer"),
+            on_batch=self.capture_metrics.observe_batch,
+        )
+        await writer.start()
+        drops = CaptureDrops()
+        self.capture_metrics.watch(CaptureStats(writer, drops))
+        policy = CapturePolicy(
+            writer,
+            max_bytes=s.capture_max_bytes,
+            fingerprint_secret=secret,
+            drops=drops,
+            enabled=s.capture,
+        )
         transport = AiohttpTransport(
             connect_timeout=s.connect_timeout,
             read_timeout=max(s.first_byte_timeout, s.idle_timeout) + 1.0,
@@ -90,17 +141,23 @@ class StillroomApp:
             first_byte_timeout=s.first_byte_timeout,
             idle_timeout=s.idle_timeout,
         )
-        forwarder = Forwarder(relay, transport, self.metrics)
-        self.state = AppState(client=client, forwarder=forwarder)
-        logger.info("forwarding /v1 to %s", s.upstream)
+        forwarder = Forwarder(relay, transport, self.metrics, policy)
+        self.state = AppState(client=client, forwarder=forwarder, store=store, writer=writer)
+        logger.info("forwarding /v1 to %s; capture %s", s.upstream, "on" if s.capture else "off")
 
     async def shutdown(self) -> None:
         state, self.state = self.state, None
         if state is None:
             return
         # uvicorn has already waited out the drain window and cancelled what was left; let the
-        # cancelled relays finish their bookkeeping before the client goes away under them.
+        # cancelled relays finish their bookkeeping (their captures are queued in `finally`)
+        # before the writer drains and the client goes away under them.
         await _wait_until(lambda: state.forwarder.active == 0, timeout=5.0)
+        await state.writer.stop(deadline_s=_WRITER_DRAIN_SECONDS)
+        lost = state.writer.dropped_total.get("shutdown", 0)
+        if lost:
+            logger.error("%d captures could not be written before the drain deadline", lost)
+        await state.store.close()
         await state.client.aclose()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -130,6 +187,13 @@ class StillroomApp:
         state = self.state
         if state is None or state.draining:
             return JSONResponse({"status": "draining" if state else "starting"}, status_code=503)
+        try:
+            await state.store.ping()
+            pending = await state.store.pending_migrations()
+        except StoreError as exc:
+            return JSONResponse({"status": "store_unavailable", "error": str(exc)}, 503)
+        if pending:
+            return JSONResponse({"status": "migrations_pending", "pending": pending}, 503)
         return JSONResponse({"status": "ready"})
 
     async def _metrics(self, request: Request) -> Response:
@@ -145,6 +209,35 @@ async def _wait_until(predicate: Callable[[], bool], *, timeout: float) -> None:
     deadline = loop.time() + timeout
     while not predicate() and loop.time() < deadline:
         await asyncio.sleep(0.01)
+
+
+def _strip_tag_prefix(scope: Scope) -> Scope:
+    """``/t/task=x,team=y/v1/...`` → ``/v1/...`` with the tags (or capture=off) on the scope.
+
+    A malformed prefix is left alone: the path then matches nothing and answers 404, unless
+    its tags are invalid, which the forwarder reports as 400 (see ``capture.SCOPE_TAGS``).
+    """
+    split = split_prefix(scope["path"])
+    if split is None:
+        return scope
+    raw_tags, path = split
+    raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+    cut = raw_path.find(b"/v1/")
+    scope = dict(scope)
+    scope["path"], scope["raw_path"] = path, raw_path[cut:]
+    try:
+        tags = parse_tags(raw_tags, "the /t/ base-URL prefix")
+    except InvalidRequest as exc:
+        scope[SCOPE_PREFIX_ERROR] = exc
+        return scope
+    switch = tags.pop("capture", None)
+    if switch is not None:
+        try:
+            scope[SCOPE_CAPTURE] = parse_capture_switch(switch, "capture= in the /t/ prefix")
+        except InvalidRequest as exc:
+            scope[SCOPE_PREFIX_ERROR] = exc
+    scope[SCOPE_TAGS] = tags
+    return scope
 
 
 def create_app(settings: Settings) -> StillroomApp:

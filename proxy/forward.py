@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 import httpx
 
@@ -44,16 +44,15 @@ from proxy.metrics import ProxyMetrics
 from proxy.tasks import spawn
 from proxy.transport import UpstreamResponse
 from proxy.types import Receive, Scope, Send
+from storage.models import Outcome
 
 logger = logging.getLogger("stillroom.forward")
-
-Outcome = Literal[
-    "completed", "upstream_error", "upstream_timeout", "client_disconnected", "interrupted"
-]
 
 
 class Tee(Protocol):
     """Receives a copy of one exchange; implemented by capture. Must never raise or block."""
+
+    capture_id: str
 
     def on_response_start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None: ...
 
@@ -197,7 +196,13 @@ class Forwarder:
         out_headers, ours = header_policy.upstream_request_headers(
             scope["headers"], self._config.upstream_api_key
         )
-        tee = self._tee_factory(scope, body, ours) if self._tee_factory is not None else None
+        tee: Tee | None = None
+        if self._tee_factory is not None:
+            try:
+                tee = self._tee_factory(scope, body, ours)
+            except ProxyError as exc:  # bad X-Stillroom-* input: refused before going upstream
+                self._metrics.count_proxy_error(exc)
+                return await _send_error(send, exc)
         target = self._upstream + (scope.get("raw_path") or scope["path"].encode())
         if scope["query_string"]:
             target += b"?" + scope["query_string"]
@@ -239,6 +244,7 @@ class Forwarder:
             headers = header_policy.client_response_headers(response.headers)
             if tee is not None:
                 tee.on_response_start(status, headers)
+                headers.append((b"x-stillroom-capture-id", tee.capture_id.encode()))
             await send({"type": "http.response.start", "status": status, "headers": headers})
             response_started = True
             try:

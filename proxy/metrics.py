@@ -6,7 +6,11 @@ children are cached so the hot path pays a dict lookup, not prometheus_client's 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Protocol
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from proxy.errors import ProxyError
 
@@ -89,3 +93,63 @@ class ProxyMetrics:
 
     def count_proxy_error(self, exc: ProxyError) -> None:
         self.proxy_errors.labels(exc.code or "proxy_error").inc()
+
+
+class CaptureMetrics:
+    """Capture counters read from the writer at scrape time (the writer imports no Prometheus)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.batch_seconds = Histogram(
+            "stillroom_capture_batch_write_seconds",
+            "Time to write one batch of captures to the store.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=registry,
+        )
+        self._registry = registry
+        self._sources: list[CaptureSource] = []
+        registry.register(self)
+
+    def watch(self, source: CaptureSource) -> None:
+        self._sources[:] = [source]
+
+    def observe_batch(self, seconds: float, records: int) -> None:
+        self.batch_seconds.observe(seconds)
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        written = CounterMetricFamily(
+            "stillroom_captures_written", "Captures written to the store."
+        )
+        dropped = CounterMetricFamily(
+            "stillroom_captures_dropped",
+            "Captures not stored, by reason (queue_full, storage_full, storage_error, ...).",
+            labels=["reason"],
+        )
+        depth = GaugeMetricFamily(
+            "stillroom_capture_queue_depth", "Captures waiting to be written."
+        )
+        size = GaugeMetricFamily(
+            "stillroom_capture_queue_bytes", "Approximate bytes held by waiting captures."
+        )
+        for source in self._sources:
+            written.add_metric([], source.written_total)
+            for reason, count in source.dropped_total().items():
+                dropped.add_metric([reason], count)
+            depth.add_metric([], source.queue_depth)
+            size.add_metric([], source.queue_bytes)
+        return [written, dropped, depth, size]
+
+
+class CaptureSource(Protocol):
+    @property
+    def written_total(self) -> int: ...
+
+    @property
+    def queue_depth(self) -> int: ...
+
+    @property
+    def queue_bytes(self) -> int: ...
+
+    def dropped_total(self) -> dict[str, int]: ...

@@ -213,6 +213,45 @@ class Settings:
         "On SIGTERM, how long in-flight requests may run before they are cut.",
         metavar="SECONDS",
     )
+    capture: bool = _setting(
+        True,
+        _parse_bool,
+        "Record chat, Responses, completions and embeddings exchanges (off: forward only).",
+        metavar="on|off",
+    )
+    capture_max_bytes: int = _setting(
+        4 * 1024 * 1024,
+        _parse_positive_int,
+        "Most response bytes kept per capture; longer ones are stored cut, marked truncated.",
+        metavar="BYTES",
+    )
+    queue_max_records: int = _setting(
+        10_000,
+        _parse_positive_int,
+        "Captures the writer queue holds before new ones are dropped (and counted).",
+        metavar="N",
+    )
+    queue_max_bytes: int = _setting(
+        64 * 1024 * 1024,
+        _parse_positive_int,
+        "Bytes the writer queue holds before new captures are dropped (and counted).",
+        metavar="BYTES",
+    )
+    batch_size: int = _setting(
+        200, _parse_positive_int, "Captures written per database transaction.", metavar="N"
+    )
+    flush_interval: float = _setting(
+        0.1,
+        _parse_positive_float,
+        "Seconds a capture may wait in the queue before a smaller batch is written.",
+        metavar="SECONDS",
+    )
+    migrate_on_start: bool = _setting(
+        True,
+        _parse_bool,
+        "Apply pending database migrations when serve starts (off: refuse to start if any).",
+        metavar="on|off",
+    )
     log_level: str = _setting(
         "info", _parse_log_level, "Log level: debug, info, warning, error.", metavar="LEVEL"
     )

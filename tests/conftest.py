@@ -46,14 +46,16 @@ ProxyFactory = Callable[..., AbstractContextManager[str]]
 
 
 @pytest.fixture
-def start_proxy() -> ProxyFactory:
-    """``with start_proxy(upstream=url, **settings) as base:`` runs `stillroom serve`'s app."""
+def start_proxy(tmp_path) -> ProxyFactory:
+    """``with start_proxy(upstream=url, **settings) as base:`` runs `stillroom serve`'s app
+    (its database in the test's tmp_path unless given)."""
 
     @contextmanager
     def start(**overrides: Any) -> Iterator[str]:
         from proxy.app import create_app
         from proxy.settings import load_settings
 
+        overrides.setdefault("database", str(tmp_path / "proxy.db"))
         settings = load_settings({}, **{k: str(v) for k, v in overrides.items()})
         options = {"server_header": False, "date_header": False, "proxy_headers": False}
         with serve_in_thread(create_app(settings), http="httptools", **options) as url:

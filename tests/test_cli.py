@@ -76,10 +76,15 @@ def wait_http(url: str, timeout: float = 15.0) -> None:
 
 
 @pytest.fixture
-def served(mock_url):
+def served(mock_url, tmp_path):
     """A real `stillroom serve` process with a 2 s drain window."""
     port = free_port()
-    env = {**os.environ, "STILLROOM_UPSTREAM": mock_url, "STILLROOM_DRAIN_SECONDS": "2"}
+    env = {
+        **os.environ,
+        "STILLROOM_UPSTREAM": mock_url,
+        "STILLROOM_DRAIN_SECONDS": "2",
+        "STILLROOM_DATABASE": str(tmp_path / "served.db"),
+    }
     proc = subprocess.Popen(
         [*STILLROOM, "serve", "--port", str(port)],
         env=env,

@@ -1,0 +1,255 @@
+"""Which exchanges are captured, and the tee that copies one of them.
+
+``CapturePolicy`` is the relay's ``TeeFactory``: for each request it decides, cheaply and before
+anything goes upstream, whether the exchange is recorded (POST to a captured endpoint, capture
+not switched off) and validates the ``X-Stillroom-*`` headers (bad tag syntax is a 400). The
+credential is reduced here, at once, to an HMAC fingerprint: the key itself never reaches a
+record, a log line or the queue.
+
+``CaptureTee`` appends chunk references up to ``max_bytes`` (no copying, no parsing) while the
+relay streams; at the end it builds the record (``records.build_record``) and hands it to the
+writer. Building can never raise into the relay: a failure is logged and counted as a drop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import time
+
+from proxy.errors import InvalidRequest
+from proxy.records import ExchangeCopy, build_record
+from proxy.tags import parse_capture_switch, parse_tags
+from proxy.types import Scope
+from proxy.writer import CaptureWriter
+from storage.ids import new_capture_id
+from storage.models import Outcome
+
+logger = logging.getLogger("stillroom.capture")
+
+CAPTURED_ENDPOINTS: dict[str, str] = {
+    "/v1/chat/completions": "chat/completions",
+    "/v1/responses": "responses",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+}
+SCOPE_TAGS = "stillroom.tags"  # tags from a /t/... base-URL prefix, set by the app
+SCOPE_CAPTURE = "stillroom.capture"  # False when the prefix said capture=off
+SCOPE_PREFIX_ERROR = "stillroom.prefix_error"  # an InvalidRequest found in the prefix
+
+
+def key_fingerprint(secret: bytes, key: str) -> str:
+    """A short, stable id for a credential: HMAC-SHA256 with the install's secret."""
+    return "kf_" + hmac.new(secret, key.encode("utf-8"), hashlib.sha256).hexdigest()[:24]
+
+
+def _credential(headers: list[tuple[bytes, bytes]]) -> str | None:
+    for name, value in headers:
+        if name == b"authorization":
+            text = value.decode("latin-1").strip()
+            scheme, _, token = text.partition(" ")
+            return token.strip() if scheme.lower() == "bearer" and token.strip() else text
+        if name == b"api-key":
+            return value.decode("latin-1").strip()
+    return None
+
+
+class CaptureDrops:
+    """Drops that happen before the writer sees a record (the writer counts its own)."""
+
+    def __init__(self) -> None:
+        self.build_error = 0
+
+
+class CaptureStats:
+    """The writer's counters plus ours, as the metrics module reads them."""
+
+    def __init__(self, writer: CaptureWriter, drops: CaptureDrops) -> None:
+        self._writer = writer
+        self._drops = drops
+
+    @property
+    def written_total(self) -> int:
+        return self._writer.written_total
+
+    @property
+    def queue_depth(self) -> int:
+        return self._writer.queue_depth
+
+    @property
+    def queue_bytes(self) -> int:
+        return self._writer.queue_bytes
+
+    def dropped_total(self) -> dict[str, int]:
+        return {**self._writer.dropped_total, "capture_error": self._drops.build_error}
+
+
+class CapturePolicy:
+    def __init__(
+        self,
+        writer: CaptureWriter,
+        *,
+        max_bytes: int,
+        fingerprint_secret: bytes,
+        drops: CaptureDrops,
+        enabled: bool = True,
+    ) -> None:
+        self._writer = writer
+        self._max_bytes = max_bytes
+        self._secret = fingerprint_secret
+        self._drops = drops
+        self._enabled = enabled
+
+    def __call__(
+        self, scope: Scope, body: bytes, stillroom_headers: dict[bytes, bytes]
+    ) -> CaptureTee | None:
+        # Validate our input on every request, captured or not: bad input is always a 400.
+        prefix_error: InvalidRequest | None = scope.get(SCOPE_PREFIX_ERROR)
+        if prefix_error is not None:
+            raise prefix_error
+        header_tags = stillroom_headers.get(b"x-stillroom-tags")
+        tags = parse_tags(header_tags.decode("latin-1"), "X-Stillroom-Tags") if header_tags else {}
+        switch = stillroom_headers.get(b"x-stillroom-capture")
+        wanted = (
+            parse_capture_switch(switch.decode("latin-1"), "X-Stillroom-Capture")
+            if switch
+            else True
+        )
+        endpoint = CAPTURED_ENDPOINTS.get(scope["path"])
+        if (
+            not self._enabled
+            or not wanted
+            or endpoint is None
+            or scope["method"] != "POST"
+            or scope.get(SCOPE_CAPTURE) is False
+        ):
+            return None
+        prefix_tags: dict[str, str] | None = scope.get(SCOPE_TAGS)
+        if prefix_tags:
+            tags = {**prefix_tags, **tags}
+        client_headers = scope["headers"]
+        credential = _credential(client_headers)
+        retry: int | None = None
+        for name, value in client_headers:
+            if name == b"x-stainless-retry-count":
+                retry = int(value) if value.isdigit() else None
+        return CaptureTee(
+            self,
+            endpoint=endpoint,
+            method=scope["method"],
+            path=scope["path"],
+            body=body,
+            tags=tags,
+            retry_count=retry,
+            fingerprint=key_fingerprint(self._secret, credential) if credential else None,
+        )
+
+    def finish(self, copy: ExchangeCopy) -> None:
+        try:
+            record = build_record(copy)
+        except Exception:  # the one broad catch: a capture bug must never reach the client
+            self._drops.build_error += 1
+            logger.exception("could not build capture %s; dropped", copy.capture_id)
+            return
+        self._writer.submit(record)
+
+
+class CaptureTee:
+    __slots__ = (
+        "_chunks",
+        "_ct",
+        "_ce",
+        "_policy",
+        "_request_id",
+        "_size",
+        "_started",
+        "_status",
+        "_truncated",
+        "body",
+        "capture_id",
+        "created_at",
+        "endpoint",
+        "fingerprint",
+        "method",
+        "path",
+        "retry_count",
+        "tags",
+    )
+
+    def __init__(
+        self,
+        policy: CapturePolicy,
+        *,
+        endpoint: str,
+        method: str,
+        path: str,
+        body: bytes,
+        tags: dict[str, str],
+        retry_count: int | None,
+        fingerprint: str | None,
+    ) -> None:
+        self._policy = policy
+        self.capture_id = new_capture_id()
+        self.created_at = time.time()
+        self._started = time.perf_counter()
+        self.endpoint = endpoint
+        self.method = method
+        self.path = path
+        self.body = body
+        self.tags = tags
+        self.retry_count = retry_count
+        self.fingerprint = fingerprint
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._truncated = False
+        self._status: int | None = None
+        self._ct: str | None = None
+        self._ce: str | None = None
+        self._request_id: str | None = None
+
+    def on_response_start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self._status = status
+        for name, value in headers:
+            if name == b"content-type":
+                self._ct = value.decode("latin-1")
+            elif name == b"content-encoding":
+                self._ce = value.decode("latin-1").strip().lower()
+            elif name == b"x-request-id":
+                self._request_id = value.decode("latin-1")
+
+    def on_chunk(self, chunk: bytes) -> None:
+        room = self._policy._max_bytes - self._size
+        if room <= 0:
+            self._truncated = True
+            return
+        if len(chunk) > room:
+            chunk = chunk[:room]
+            self._truncated = True
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+
+    def on_end(self, outcome: Outcome, error: str | None, ttfb: float | None) -> None:
+        self._policy.finish(
+            ExchangeCopy(
+                capture_id=self.capture_id,
+                created_at=self.created_at,
+                endpoint=self.endpoint,
+                method=self.method,
+                path=self.path,
+                request_body=self.body,
+                response_body=b"".join(self._chunks),
+                response_truncated=self._truncated,
+                status=self._status,
+                content_type=self._ct,
+                content_encoding=self._ce,
+                outcome=outcome,
+                error=error,
+                latency_ms=(time.perf_counter() - self._started) * 1000.0,
+                ttft_ms=ttfb * 1000.0 if ttfb is not None else None,
+                tags=self.tags,
+                upstream_request_id=self._request_id,
+                retry_count=self.retry_count,
+                key_fingerprint=self.fingerprint,
+            )
+        )

@@ -1,0 +1,195 @@
+"""SQLite schema migrations: named, ordered, append-only, recorded.
+
+Each migration is a function registered with ``@migration``; its name is the function name
+(``m001_captures``…) and registration order is apply order. ``_migrations(name, applied_at)``
+records what ran; each migration runs in one transaction together with its record, so a
+failure leaves neither. Never edit a migration once released: add a new one.
+
+Schema (m001):
+
+* ``captures``: one row per exchange. Raw data is kept as written: the request body as a
+  manifest of parts (``request_manifest``, see ``storage._blobs``: short runs inline, large
+  segments as 16-byte BLAKE2b digests of rows in ``blobs``), the response body, and the
+  reassembled response (``response_json_codec`` 0 = JSON text, 1 = deflated JSON, 2 = equal
+  to the parsed response body, so not stored twice, 3 = JSON from the standard library
+  encoder, for values orjson cannot write; NULL = no object). ``*_codec`` columns: 0 = as is,
+  1 = raw deflate. Extracted columns (``model``, ``status``, ``outcome``, tokens, timings,
+  ``has_tool_calls``…) serve filters and can be recomputed from the raw ones.
+* ``blobs``: each distinct large request segment once, with a reference count (``refs``) so a
+  delete can drop the segments nobody uses any more.
+* ``capture_tags``: one row per tag, indexed on ``(key, value)``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+
+class Migration(NamedTuple):
+    name: str
+    apply: Callable[[sqlite3.Connection], None]
+
+
+MIGRATIONS: list[Migration] = []
+
+
+def migration(fn: Callable[[sqlite3.Connection], None]) -> Callable[[sqlite3.Connection], None]:
+    """Register ``fn`` as the next migration, named after the function."""
+    if any(m.name == fn.__name__ for m in MIGRATIONS):
+        raise ValueError(f"duplicate migration name {fn.__name__!r}")
+    MIGRATIONS.append(Migration(fn.__name__, fn))
+    return fn
+
+
+def _execute_script(conn: sqlite3.Connection, script: str) -> None:
+    # Statement by statement: executescript() would COMMIT the migration's transaction.
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+@migration
+def m001_captures(conn: sqlite3.Connection) -> None:
+    _execute_script(
+        conn,
+        """
+        CREATE TABLE captures (
+            id TEXT PRIMARY KEY,
+            created_at REAL NOT NULL,
+            endpoint TEXT NOT NULL,
+            method TEXT NOT NULL,
+            path TEXT NOT NULL,
+            model TEXT,
+            requested_model TEXT,
+            returned_model TEXT,
+            stream INTEGER NOT NULL,
+            status INTEGER,
+            outcome TEXT NOT NULL,
+            error TEXT,
+            latency_ms REAL,
+            ttft_ms REAL,
+            input_tokens INTEGER,
+            output_tokens INTEGER,
+            total_tokens INTEGER,
+            cached_tokens INTEGER,
+            reasoning_tokens INTEGER,
+            has_tool_calls INTEGER NOT NULL,
+            response_id TEXT,
+            previous_response_id TEXT,
+            upstream_request_id TEXT,
+            retry_count INTEGER,
+            key_fingerprint TEXT,
+            request_size INTEGER NOT NULL,
+            request_codec INTEGER NOT NULL,
+            request_manifest BLOB NOT NULL,
+            response_size INTEGER NOT NULL,
+            response_truncated INTEGER NOT NULL,
+            response_content_type TEXT,
+            response_codec INTEGER NOT NULL,
+            response_body BLOB NOT NULL,
+            response_json_codec INTEGER,
+            response_json BLOB
+        );
+        CREATE INDEX captures_created_at ON captures (created_at);
+        CREATE INDEX captures_model ON captures (model);
+        CREATE INDEX captures_response_id ON captures (response_id)
+            WHERE response_id IS NOT NULL;
+        CREATE INDEX captures_previous_response_id ON captures (previous_response_id)
+            WHERE previous_response_id IS NOT NULL;
+        CREATE TABLE capture_tags (
+            capture_id TEXT NOT NULL REFERENCES captures (id) ON DELETE CASCADE,
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            PRIMARY KEY (capture_id, key)
+        ) WITHOUT ROWID;
+        CREATE INDEX capture_tags_key_value ON capture_tags (key, value);
+        CREATE TABLE blobs (
+            id INTEGER PRIMARY KEY,
+            hash BLOB NOT NULL UNIQUE,
+            refs INTEGER NOT NULL,
+            codec INTEGER NOT NULL,
+            size INTEGER NOT NULL,
+            data BLOB NOT NULL
+        );
+        """,
+    )
+
+
+@migration
+def m002_install(conn: sqlite3.Connection) -> None:
+    """Per-install facts; ``secret`` keys the HMAC of API-key fingerprints."""
+    _execute_script(
+        conn,
+        """
+        CREATE TABLE install (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            secret BLOB NOT NULL,
+            created_at REAL NOT NULL
+        );
+        """,
+    )
+
+
+def _ensure_table(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
+    )
+
+
+def applied(conn: sqlite3.Connection) -> list[str]:
+    """Names recorded in ``_migrations`` (empty for a blank database). Read-only."""
+    exists = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_migrations'"
+    ).fetchone()
+    if exists is None:
+        return []
+    return [row[0] for row in conn.execute("SELECT name FROM _migrations ORDER BY rowid")]
+
+
+def pending_names(applied_names: Iterable[str]) -> list[str]:
+    """Registered migration names missing from ``applied_names``, in apply order."""
+    done = set(applied_names)
+    return [m.name for m in MIGRATIONS if m.name not in done]
+
+
+def pending(conn: sqlite3.Connection) -> list[str]:
+    """Names of migrations not yet applied to ``conn``'s database. Read-only."""
+    return pending_names(applied(conn))
+
+
+def migrate(conn: sqlite3.Connection, *, clock: Callable[[], float] = time.time) -> list[str]:
+    """Apply every pending migration, each in its own transaction; return the names applied.
+
+    ``conn`` must be in autocommit mode (``isolation_level=None``); transactions are explicit.
+    """
+    if conn.isolation_level is not None:
+        raise ValueError("migrate() needs a connection with isolation_level=None")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        _ensure_table(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    done: list[str] = []
+    for m in MIGRATIONS:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Re-read inside the write lock: another process may have just applied it.
+            if conn.execute("SELECT 1 FROM _migrations WHERE name = ?", (m.name,)).fetchone():
+                conn.execute("ROLLBACK")
+                continue
+            m.apply(conn)
+            conn.execute(
+                "INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", (m.name, clock())
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        done.append(m.name)
+    return done
