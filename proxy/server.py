@@ -33,6 +33,16 @@ class _DropIncompleteResponseNotice(logging.Filter):
         return record.getMessage() != "ASGI callable returned without completing response."
 
 
+class _StripQueryStrings(logging.Filter):
+    """Access-log lines without query strings: URLs can carry keys (``?key=...``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+            record.args = (args[0], args[1], args[2].split("?", 1)[0], args[3], args[4])
+        return True
+
+
 class StillroomServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, on_stop: Callable[[], None] | None = None) -> None:
         super().__init__(config)
@@ -70,6 +80,7 @@ def configure_logging(level: str) -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.error").addFilter(_DropIncompleteResponseNotice())
+    logging.getLogger("uvicorn.access").addFilter(_StripQueryStrings())
     # httpx logs every request URL at INFO; URLs can carry keys (?key=...) and it costs CPU.
     logging.getLogger("httpx").setLevel(logging.WARNING)
 

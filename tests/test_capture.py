@@ -1,0 +1,261 @@
+"""Capture end to end: the real proxy and the official SDK in front of `stillroom mock`, records
+read back from the SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+import uuid
+
+import httpx
+import openai
+import pytest
+
+from proxy.reassemble import normalize_chat_completion
+from storage.sqlite import SQLiteStore
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Summarise the news"}]}
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": f"Look up {name}",
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+        },
+    }
+    for name in ("get_weather", "get_time")
+]
+
+
+@pytest.fixture
+def captured(start_proxy, mock_url, tmp_path):
+    """A proxy with capture on, plus a reader for its database."""
+    db = tmp_path / "captures.db"
+    with start_proxy(upstream=mock_url, database=str(db), flush_interval=0.02) as base:
+        yield base, db
+
+
+def read_capture(db, capture_id: str, timeout: float = 5.0):
+    async def poll():
+        async with SQLiteStore(str(db)) as store:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                record = await store.get(capture_id)
+                if record is not None:
+                    return record
+                await asyncio.sleep(0.02)
+        raise AssertionError(f"capture {capture_id} never landed")
+
+    return asyncio.run(poll())
+
+
+def count_captures(db) -> int:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT count(*) FROM captures").fetchone()[0]
+
+
+def sdk(base: str, **kwargs) -> openai.OpenAI:
+    return openai.OpenAI(base_url=base + "/v1", api_key="sk-capture-test", max_retries=0, **kwargs)
+
+
+@pytest.mark.parametrize("tools", [None, TOOLS[:1], TOOLS], ids=["text", "tool", "parallel"])
+def test_streamed_and_plain_chat_capture_to_equal_objects(captured, tools):
+    base, db = captured
+    extra = {"tools": tools} if tools else {}
+    with sdk(base) as client:
+        plain = client.chat.completions.with_raw_response.create(**CHAT, **extra)
+        streamed = client.chat.completions.with_raw_response.create(
+            **CHAT, **extra, stream=True, stream_options={"include_usage": True}
+        )
+        list(streamed.parse())
+    a = read_capture(db, plain.headers["x-stillroom-capture-id"])
+    b = read_capture(db, streamed.headers["x-stillroom-capture-id"])
+    assert a.outcome == b.outcome == "completed" and a.status == b.status == 200
+    assert (a.stream, b.stream) == (False, True)
+    assert a.response == json.loads(plain.content)  # the body exactly as the SDK got it
+    assert normalize_chat_completion(a.response) == b.response
+    assert a.has_tool_calls == b.has_tool_calls == bool(tools)
+    if tools == TOOLS:
+        assert len(b.response["choices"][0]["message"]["tool_calls"]) == 2
+    assert b.usage.input_tokens and b.usage.output_tokens
+    assert b.response_body.endswith(b"data: [DONE]\n\n")
+    assert b.ttft_ms is not None and b.latency_ms >= b.ttft_ms
+    assert a.requested_model == "gpt-4o-mini" and a.returned_model
+    assert a.upstream_request_id == plain.headers["x-request-id"]
+    assert a.key_fingerprint and a.key_fingerprint == b.key_fingerprint
+    assert "sk-capture-test" not in a.key_fingerprint
+
+
+def test_responses_and_completions_are_captured(captured):
+    base, db = captured
+    with sdk(base) as client:
+        r = client.responses.with_raw_response.create(model="gpt-4o-mini", input="Hello")
+        first = r.parse()
+        follow = client.responses.with_raw_response.create(
+            model="gpt-4o-mini", input="And then?", previous_response_id=first.id
+        )
+        s = client.responses.with_raw_response.create(model="gpt-4o-mini", input="Hi", stream=True)
+        list(s.parse())
+        c = client.completions.with_raw_response.create(model="gpt-3.5-turbo-instruct", prompt="Hi")
+    plain = read_capture(db, r.headers["x-stillroom-capture-id"])
+    assert plain.response["id"] == first.id == plain.response_id
+    chained = read_capture(db, follow.headers["x-stillroom-capture-id"])
+    assert chained.previous_response_id == first.id
+    streamed = read_capture(db, s.headers["x-stillroom-capture-id"])
+    assert streamed.response["status"] == "completed" and streamed.stream
+    assert streamed.usage.output_tokens
+    legacy = read_capture(db, c.headers["x-stillroom-capture-id"])
+    assert legacy.endpoint == "completions" and legacy.response["choices"][0]["text"]
+
+
+def test_embeddings_keep_metadata_only(captured):
+    base, db = captured
+    with sdk(base) as client:
+        e = client.embeddings.with_raw_response.create(model="text-embedding-3-small", input="x")
+    record = read_capture(db, e.headers["x-stillroom-capture-id"])
+    assert record.response_body == b"" and "data" not in record.response
+    assert record.usage.input_tokens
+
+
+def test_tags_from_header_metadata_and_prefix(captured):
+    base, db = captured
+    with sdk(base, default_headers={"X-Stillroom-Tags": "task=summarize, team=search"}) as client:
+        h = client.chat.completions.with_raw_response.create(
+            **CHAT, metadata={"team": "body", "user": "u1"}
+        )
+    with sdk(base + "/t/task=classify,env=prod") as client:
+        p = client.chat.completions.with_raw_response.create(**CHAT)
+    header_record = read_capture(db, h.headers["x-stillroom-capture-id"])
+    assert dict(header_record.tags) == {"task": "summarize", "team": "search", "user": "u1"}
+    prefix_record = read_capture(db, p.headers["x-stillroom-capture-id"])
+    assert dict(prefix_record.tags) == {"task": "classify", "env": "prod"}
+    assert prefix_record.path == "/v1/chat/completions"
+
+
+def test_capture_can_be_switched_off_per_request(captured, mock_url):
+    base, db = captured
+    with httpx.Client() as client:
+        off = client.post(
+            base + "/v1/chat/completions", json=CHAT, headers={"x-stillroom-capture": "off"}
+        )
+        prefixed = client.post(base + "/t/capture=off/v1/chat/completions", json=CHAT)
+        on = client.post(base + "/v1/chat/completions", json=CHAT)
+    assert off.status_code == prefixed.status_code == 200
+    assert "x-stillroom-capture-id" not in off.headers
+    assert "x-stillroom-capture-id" not in prefixed.headers
+    read_capture(db, on.headers["x-stillroom-capture-id"])
+    assert count_captures(db) == 1
+
+
+@pytest.mark.parametrize(
+    ("url_suffix", "headers"),
+    [
+        ("/v1/chat/completions", {"x-stillroom-tags": "task"}),
+        ("/v1/chat/completions", {"x-stillroom-tags": "=value"}),
+        ("/v1/chat/completions", {"x-stillroom-capture": "maybe"}),
+        ("/t/novalue/v1/chat/completions", {}),
+    ],
+)
+def test_invalid_tags_are_refused_before_going_upstream(captured, mock_url, url_suffix, headers):
+    base, _ = captured
+    test_id = uuid.uuid4().hex
+    r = httpx.post(base + url_suffix, json=CHAT, headers={**headers, "x-test-id": test_id})
+    assert r.status_code == 400
+    assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+    log = httpx.get(mock_url + "/_mock/requests").json()
+    assert not [e for e in log if ["x-test-id", test_id] in e["headers"]]
+
+
+def test_outcomes(captured):
+    base, db = captured
+    with httpx.Client(timeout=10) as client:
+        error = client.post(
+            base + "/v1/chat/completions", json=CHAT, headers={"x-mock-status": "500"}
+        )
+        with pytest.raises(httpx.RemoteProtocolError):
+            client.post(
+                base + "/v1/chat/completions",
+                json={**CHAT, "stream": True},
+                headers={"x-mock-cut-after": "3"},
+            )
+    record = read_capture(db, error.headers["x-stillroom-capture-id"])
+    assert record.outcome == "upstream_error" and record.status == 500
+    assert record.response["error"]["message"]
+
+    def cut_capture():
+        with sqlite3.connect(db) as conn:
+            return conn.execute(
+                "SELECT outcome, stream FROM captures WHERE outcome != 'completed' AND status = 200"
+            ).fetchall()
+
+    deadline = time.monotonic() + 5
+    while not cut_capture() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert cut_capture() == [("upstream_error", 1)]
+
+
+def test_client_disconnect_is_recorded(captured):
+    base, db = captured
+
+    async def abandon():
+        async with httpx.AsyncClient() as client:
+            async with client.stream(
+                "POST",
+                base + "/v1/chat/completions",
+                json={**CHAT, "stream": True},
+                headers={"x-mock-gap-ms": "100", "x-mock-chunks": "50"},
+            ) as r:
+                capture_id = r.headers["x-stillroom-capture-id"]
+                async for _ in r.aiter_raw():
+                    break
+        return capture_id
+
+    record = read_capture(db, asyncio.run(abandon()))
+    assert record.outcome == "client_disconnected"
+    assert record.response_body.startswith(b"data: ")
+
+
+def test_locked_database_never_reaches_the_client(captured):
+    base, db = captured
+    with httpx.Client() as client:
+        client.post(base + "/v1/chat/completions", json=CHAT)  # database exists, WAL on
+        deadline = time.monotonic() + 5
+        while count_captures(db) < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        lock = sqlite3.connect(db, isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")
+        try:
+            started = time.monotonic()
+            answers = [client.post(base + "/v1/chat/completions", json=CHAT) for _ in range(30)]
+            elapsed = time.monotonic() - started
+        finally:
+            lock.execute("COMMIT")
+            lock.close()
+    assert all(r.status_code == 200 for r in answers)
+    assert elapsed < 5
+    deadline = time.monotonic() + 10
+    while count_captures(db) < 31 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert count_captures(db) == 31
+
+
+def test_capture_metrics(captured):
+    base, db = captured
+    with httpx.Client() as client:
+        r = client.post(base + "/v1/chat/completions", json=CHAT)
+        read_capture(db, r.headers["x-stillroom-capture-id"])
+        metrics = client.get(base + "/metrics").text
+    assert "stillroom_captures_written_total 1.0" in metrics
+    assert 'stillroom_captures_dropped_total{reason="queue_full"} 0.0' in metrics
+    assert "stillroom_capture_queue_depth 0.0" in metrics
+    assert "stillroom_capture_batch_write_seconds_count" in metrics
+
+
+def test_capture_off_setting_forwards_without_recording(start_proxy, mock_url, tmp_path):
+    with start_proxy(upstream=mock_url, capture="off", database=str(tmp_path / "x.db")) as base:
+        r = httpx.post(base + "/v1/chat/completions", json=CHAT)
+    assert r.status_code == 200 and "x-stillroom-capture-id" not in r.headers
+    assert not (tmp_path / "x.db").exists()
