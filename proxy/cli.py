@@ -72,8 +72,19 @@ def serve(**given: str | None) -> None:
         access_log=settings.access_log,
         timeout_graceful_shutdown=settings.drain_seconds,
     )
+    tune_gc()
     if not run(config, on_stop=app.start_draining):
         sys.exit(STARTUP_FAILURE)
+
+
+def tune_gc() -> None:
+    """Fewer cyclic-GC passes: the relay allocates many short-lived objects, none of them in
+    cycles that matter, and gen-0 collections measured as a visible share of proxy CPU."""
+    import gc
+
+    gc.collect()
+    gc.freeze()  # what startup made is never garbage: keep it out of every later pass
+    gc.set_threshold(50_000, 50, 100)
 
 
 @cli.command()
