@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,10 +33,10 @@ from proxy.capture import (
 )
 from proxy.errors import InvalidRequest, RouteNotFound
 from proxy.forward import Forwarder, RelayConfig
+from proxy.http1 import Http1Pool, Http1Transport
 from proxy.metrics import CaptureMetrics, ProxyMetrics
 from proxy.settings import Settings
 from proxy.tags import parse_capture_switch, parse_tags, split_prefix
-from proxy.transport import AiohttpTransport
 from proxy.types import Receive, Scope, Send
 from proxy.writer import CaptureWriter
 from storage.base import NullStore, Store
@@ -128,20 +129,33 @@ class StillroomApp:
             drops=drops,
             enabled=s.capture,
         )
-        transport = AiohttpTransport(
+        upstream = urllib.parse.urlsplit(s.upstream)
+        pool = Http1Pool(
+            f"{upstream.scheme}://{upstream.netloc}",
             connect_timeout=s.connect_timeout,
-            read_timeout=max(s.first_byte_timeout, s.idle_timeout) + 1.0,
             max_connections=s.max_connections,
         )
-        client = httpx.AsyncClient(transport=transport, trust_env=False, follow_redirects=False)
+        # The one pooled client: httpx's API over the relay's own connection pool. The relay
+        # uses the pool directly; first-byte and idle deadlines are enforced per exchange.
+        client = httpx.AsyncClient(
+            transport=Http1Transport(pool),
+            trust_env=False,
+            follow_redirects=False,
+            timeout=httpx.Timeout(
+                connect=s.connect_timeout,
+                read=max(s.first_byte_timeout, s.idle_timeout),
+                write=s.idle_timeout,
+                pool=s.connect_timeout,
+            ),
+        )
         relay = RelayConfig(
-            upstream=s.upstream,
+            upstream_path=upstream.path,
             upstream_api_key=s.upstream_api_key.reveal() if s.upstream_api_key else None,
             max_request_bytes=s.max_request_bytes,
             first_byte_timeout=s.first_byte_timeout,
             idle_timeout=s.idle_timeout,
         )
-        forwarder = Forwarder(relay, transport, self.metrics, policy)
+        forwarder = Forwarder(relay, pool, self.metrics, policy)
         self.state = AppState(client=client, forwarder=forwarder, store=store, writer=writer)
         logger.info("forwarding /v1 to %s; capture %s", s.upstream, "on" if s.capture else "off")
 

@@ -40,9 +40,9 @@ from proxy.errors import (
     UpstreamTimeout,
     upstream_error,
 )
+from proxy.http1 import UpstreamResponse
 from proxy.metrics import ProxyMetrics
 from proxy.tasks import spawn
-from proxy.transport import UpstreamResponse
 from proxy.types import Receive, Scope, Send
 from storage.models import Outcome
 
@@ -62,17 +62,17 @@ class Tee(Protocol):
 
 
 class UpstreamPool(Protocol):
-    """Where requests go: the operator's upstream, through one pooled client."""
+    """Where requests go: the operator's upstream origin, through one pool of connections."""
 
     async def open(
-        self, method: str, url: str, headers: list[tuple[str, str]], body: bytes
+        self, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
     ) -> UpstreamResponse: ...
 
 
 class _Request(NamedTuple):
     method: str
-    url: str
-    headers: list[tuple[str, str]]
+    target: bytes
+    headers: list[tuple[bytes, bytes]]
     body: bytes
 
 
@@ -86,7 +86,7 @@ class TeeFactory(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class RelayConfig:
-    upstream: str
+    upstream_path: str  # the upstream base URL's path prefix ("" or e.g. "/openai")
     upstream_api_key: str | None
     max_request_bytes: int
     first_byte_timeout: float
@@ -166,7 +166,7 @@ class Forwarder:
         self._pool = upstream
         self._metrics = metrics
         self._tee_factory = tee_factory
-        self._upstream = config.upstream.encode("ascii")
+        self._prefix = config.upstream_path.encode("ascii")
         self.active = 0  # exchanges in progress; shutdown waits for it to reach 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -203,10 +203,10 @@ class Forwarder:
             except ProxyError as exc:  # bad X-Stillroom-* input: refused before going upstream
                 self._metrics.count_proxy_error(exc)
                 return await _send_error(send, exc)
-        target = self._upstream + (scope.get("raw_path") or scope["path"].encode())
+        target = self._prefix + (scope.get("raw_path") or scope["path"].encode())
         if scope["query_string"]:
             target += b"?" + scope["query_string"]
-        request = _Request(scope["method"], target.decode("latin-1"), out_headers, body)
+        request = _Request(scope["method"], target, out_headers, body)
         task: asyncio.Task[object] = asyncio.current_task()  # type: ignore[assignment]
         watch = _Watch(
             task, asyncio.get_running_loop(), self._config.first_byte_timeout, self._check_deadline

@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 RawHeaders = list[tuple[bytes, bytes]]
-StrHeaders = list[tuple[str, str]]
 
 HOP_BY_HOP: frozenset[bytes] = frozenset(
     {
@@ -46,16 +45,15 @@ def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
 
 def upstream_request_headers(
     client_headers: Sequence[tuple[bytes, bytes]], api_key: str | None = None
-) -> tuple[StrHeaders, dict[bytes, bytes]]:
-    """Headers to send upstream (as latin-1 text, what the HTTP client takes), and the
-    ``x-stillroom-*`` ones the proxy consumed.
+) -> tuple[RawHeaders, dict[bytes, bytes]]:
+    """Headers to send upstream, and the ``x-stillroom-*`` ones the proxy consumed.
 
     ``client_headers`` are ASGI headers (lower-case names). ``api_key`` is added as a bearer
     ``Authorization`` only when the client sent none.
     """
     named = _connection_tokens(client_headers)
     drop = _REQUEST_DROP | named if named else _REQUEST_DROP
-    out: StrHeaders = []
+    out: RawHeaders = []
     ours: dict[bytes, bytes] = {}
     has_auth = False
     for name, value in client_headers:
@@ -66,9 +64,9 @@ def upstream_request_headers(
             continue
         if name == b"authorization" or name == b"api-key":
             has_auth = True
-        out.append((name.decode("latin-1"), value.decode("latin-1")))
+        out.append((name, value))
     if api_key is not None and not has_auth:
-        out.append(("authorization", "Bearer " + api_key))
+        out.append((b"authorization", b"Bearer " + api_key.encode("latin-1")))
     return out, ours
 
 
