@@ -103,6 +103,40 @@ def _encode_chunk(records: Sequence[CaptureRecord]) -> EncodedBatch:
         raise StoreError(f"cannot encode capture batch: {exc}") from exc
 
 
+def _write_batches_sync(conn: sqlite3.Connection, batches: list[EncodedBatch]) -> None:
+    """One transaction for all ``batches``; ids already stored are skipped (idempotent)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        ids = [c.id for batch in batches for c in batch.captures]
+        stored: set[str] = set()
+        for start in range(0, len(ids), _MAX_PARAMS):
+            chunk = ids[start : start + _MAX_PARAMS]
+            marks = ", ".join("?" for _ in chunk)
+            rows = conn.execute(f"SELECT id FROM captures WHERE id IN ({marks})", chunk)
+            stored.update(row[0] for row in rows.fetchall())
+        for batch in batches:
+            new = [c for c in batch.captures if c.id not in stored]
+            if not new:
+                continue
+            stored.update(c.id for c in new)
+            # Reference counts only for captures really inserted, so a delete can collect
+            # unused blobs.
+            refs = Counter(digest for capture in new for digest in capture.digests)
+            blob_rows = [(digest, n, *batch.blobs[digest]) for digest, n in refs.items()]
+            if blob_rows:
+                conn.executemany(_UPSERT_BLOB, blob_rows)
+            conn.executemany(_INSERT_CAPTURE, [c.row for c in new])
+            tag_rows = [tag for capture in new for tag in capture.tags]
+            if tag_rows:
+                conn.executemany(_INSERT_TAG, tag_rows)
+        conn.execute("COMMIT")
+    except BaseException:
+        # Some errors (SQLITE_FULL) end the transaction already; then ROLLBACK fails.
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+
+
 def _migrate_sync(path: str, busy_timeout_s: float) -> list[str]:
     conn = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None)
     try:
@@ -252,52 +286,21 @@ class SQLiteStore:
         if not records:
             return
         writer, _ = await self._connections()
-        # Encode on the event loop's own thread, a chunk at a time with a yield in between:
-        # a worker thread here measured at half the proxy's throughput on one core (each
-        # hand-off costs ~100 us of CPU, and the encoder holding the GIL stalls the relay for
-        # up to the 5 ms switch interval). SQLite itself runs on aiosqlite's thread, GIL free.
+        # Encode on the event loop's own thread, a chunk at a time with a yield in between,
+        # then run the whole transaction in ONE call on aiosqlite's thread. Each thread
+        # hand-off costs ~100 us of CPU here, and an encoder thread holding the GIL stalls the
+        # relay for up to the 5 ms switch interval: both measured as a large share of the
+        # proxy's CPU with capture on (bench/RESULTS.md). SQLite itself runs GIL-free.
+        encoded: list[EncodedBatch] = []
+        for start in range(0, len(records), _ENCODE_CHUNK):
+            if start:
+                await asyncio.sleep(0)
+            encoded.append(_encode_chunk(records[start : start + _ENCODE_CHUNK]))
         async with self._write_lock:
             with _translated_errors():
-                try:  # BEGIN inside: a cancelled await still runs it on the thread
-                    await writer.execute("BEGIN IMMEDIATE")
-                    ids = {getattr(record, "id", None) for record in records}
-                    stored = await self._stored_ids(writer, [i for i in ids if i is not None])
-                    for start in range(0, len(records), _ENCODE_CHUNK):
-                        chunk = records[start : start + _ENCODE_CHUNK]
-                        await self._insert(writer, _encode_chunk(chunk), stored)
-                    await writer.execute("COMMIT")
-                except BaseException:
-                    await self._rollback(writer)
-                    raise
-
-    async def _insert(
-        self, writer: aiosqlite.Connection, batch: EncodedBatch, stored: set[str]
-    ) -> None:
-        """Insert the captures whose id is not in ``stored`` yet, and add them to it."""
-        new = [c for c in batch.captures if c.id not in stored]  # idempotent writes
-        if not new:
-            return
-        stored.update(c.id for c in new)
-        # Reference counts only for captures really inserted, so a delete can collect blobs.
-        refs = Counter(digest for capture in new for digest in capture.digests)
-        blob_rows = [(digest, n, *batch.blobs[digest]) for digest, n in refs.items()]
-        if blob_rows:
-            await writer.executemany(_UPSERT_BLOB, blob_rows)
-        await writer.executemany(_INSERT_CAPTURE, [c.row for c in new])
-        tag_rows = [tag for capture in new for tag in capture.tags]
-        if tag_rows:
-            await writer.executemany(_INSERT_TAG, tag_rows)
-
-    async def _stored_ids(self, conn: aiosqlite.Connection, ids: list[str]) -> set[str]:
-        stored: set[str] = set()
-        for start in range(0, len(ids), _MAX_PARAMS):
-            chunk = ids[start : start + _MAX_PARAMS]
-            marks = ", ".join("?" for _ in chunk)
-            rows = await conn.execute_fetchall(
-                f"SELECT id FROM captures WHERE id IN ({marks})", chunk
-            )
-            stored.update(row[0] for row in rows)
-        return stored
+                # aiosqlite 0.22's Connection._execute runs fn on the connection's thread
+                # (pinned in requirements/*.txt; tests cover this path).
+                await writer._execute(_write_batches_sync, writer._conn, encoded)  # type: ignore[no-untyped-call]
 
     @staticmethod
     async def _rollback(conn: aiosqlite.Connection) -> None:
