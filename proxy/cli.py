@@ -155,5 +155,86 @@ def mock(
         sys.exit(STARTUP_FAILURE)
 
 
+@cli.group()
+def db() -> None:
+    """Manage the capture database (schema migrations)."""
+
+
+def _database_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--database",
+        metavar="PATH|URL",
+        default=None,
+        help="SQLite path or postgresql:// URL [env: STILLROOM_DATABASE; default: ./stillroom.db].",
+    )(command)
+
+
+def _run_store_command(database: str | None, action: Callable[[Any], Any]) -> Any:
+    import asyncio
+
+    from storage.connect import open_store
+    from storage.errors import StoreError
+
+    settings = load_or_exit({"database": database})
+
+    async def go() -> Any:
+        store = open_store(settings.database)
+        try:
+            return await action(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(go())
+    except StoreError as exc:
+        raise click.ClickException(f"{settings.database}: {exc}") from exc
+
+
+@db.command()
+@_database_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of text.")
+def migrate(database: str | None, as_json: bool) -> None:
+    """Apply pending migrations (serve does this on start unless told not to)."""
+
+    async def action(store: Any) -> list[str]:
+        applied: list[str] = await store.migrate()
+        return applied
+
+    applied = _run_store_command(database, action)
+    if as_json:
+        import json
+
+        click.echo(json.dumps({"applied": applied}))
+    elif applied:
+        for name in applied:
+            click.echo(f"applied {name}")
+    else:
+        click.echo("up to date")
+
+
+@db.command()
+@_database_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of text.")
+def status(database: str | None, as_json: bool) -> None:
+    """Show pending migrations and the number of stored captures; exit 1 if any is pending."""
+
+    async def action(store: Any) -> tuple[list[str], int | None]:
+        pending: list[str] = await store.pending_migrations()
+        count = None if pending else await store.count()
+        return pending, count
+
+    pending, count = _run_store_command(database, action)
+    if as_json:
+        import json
+
+        click.echo(json.dumps({"pending": pending, "captures": count}))
+    else:
+        click.echo(f"pending migrations: {', '.join(pending) if pending else 'none'}")
+        if count is not None:
+            click.echo(f"captures: {count}")
+    if pending:
+        sys.exit(1)
+
+
 def main() -> None:
     cli(prog_name="stillroom")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -160,3 +161,25 @@ def test_streams_longer_than_the_drain_window_are_cut(served):
     assert "error" in result  # cut, not completed: the client sees a broken stream
     output = proc.stdout.read().decode()
     assert "Traceback" not in output
+
+
+def test_db_migrate_and_status(tmp_path):
+    db = str(tmp_path / "cli.db")
+    runner = CliRunner()
+    before = runner.invoke(cli, ["db", "status", "--database", db, "--json"])
+    assert before.exit_code == 1
+    assert json.loads(before.output)["pending"][0].startswith("m001")
+    applied = runner.invoke(cli, ["db", "migrate", "--database", db])
+    assert applied.exit_code == 0 and "applied m001_captures" in applied.output
+    again = runner.invoke(cli, ["db", "migrate", "--database", db])
+    assert again.output.strip() == "up to date"
+    after = runner.invoke(cli, ["db", "status"], env={"STILLROOM_DATABASE": db})
+    assert after.exit_code == 0
+    assert "pending migrations: none" in after.output and "captures: 0" in after.output
+
+
+def test_db_commands_fail_with_one_line(tmp_path):
+    result = CliRunner().invoke(cli, ["db", "status", "--database", "postgresql://x/y"])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: postgresql://x/y: ")
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
