@@ -41,6 +41,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.lost = False
+        self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
         self._reset()
@@ -73,6 +74,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        if not self.gone.done():
+            self.gone.set_result(None)
         if not self._complete:
             if self._head_future is not None and not self._head_future.done():
                 error: httpx.TransportError = httpx.RemoteProtocolError(
@@ -286,9 +289,15 @@ class Http1Pool:
             connection._close()
 
     async def aclose(self) -> None:
+        """Close the idle connections and wait (briefly) until their sockets are released."""
         self._closed = True
+        closing = []
         while self._idle:
-            self._idle.pop()._close()
+            connection = self._idle.pop()
+            connection._close()
+            closing.append(connection.gone)
+        if closing:
+            await asyncio.wait(closing, timeout=1.0)
 
 
 class Http1Transport(httpx.AsyncBaseTransport):

@@ -58,3 +58,82 @@ async def test_connect_errors():
     # the slot was given back
     with pytest.raises(httpx.ConnectError):
         await asyncio.wait_for(pool.open("GET", b"/v1/models", [], b""), 2)
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1, made with the openssl command."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is needed to test the TLS path")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.mark.anyio
+async def test_https_upstream(tls_files):
+    import ssl
+
+    from proxy.mock import MockOptions, create_mock_app
+    from tests._server import serve_in_thread
+
+    cert, key = tls_files
+    trusting = ssl.create_default_context(cafile=str(cert))
+    with serve_in_thread(
+        create_mock_app(MockOptions()),
+        ssl_certfile=str(cert),
+        ssl_keyfile=str(key),
+    ) as url:
+        origin = url.replace("http://", "https://")
+        pool = Http1Pool(origin, connect_timeout=2, max_connections=2, ssl_context=trusting)
+        body = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}'
+        for _ in range(2):  # the second one reuses the TLS connection
+            response = await pool.open("POST", b"/v1/chat/completions", [], body)
+            data = b"".join([c async for c in response.chunks()])
+            response.close()
+            assert response.status == 200 and data.endswith(b"data: [DONE]\n\n")
+        assert len(pool._idle) == 1
+        await pool.aclose()
+
+
+@pytest.mark.anyio
+async def test_untrusted_certificate_is_refused(tls_files):
+    import socket
+    import ssl
+    import threading
+
+    cert, key = tls_files
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(str(cert), str(key))
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def accept_once() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            try:
+                server_context.wrap_socket(conn, server_side=True).close()
+            except (ssl.SSLError, OSError):
+                pass  # the client refused our certificate, as it should
+
+    thread = threading.Thread(target=accept_once)
+    thread.start()
+    try:
+        pool = Http1Pool(f"https://127.0.0.1:{port}", connect_timeout=2, max_connections=1)
+        with pytest.raises(httpx.ConnectError, match="TLS"):
+            await pool.open("GET", b"/v1/models", [], b"")
+    finally:
+        thread.join(5)
+        listener.close()
