@@ -437,3 +437,81 @@ def test_t21_clients_cannot_choose_where_requests_go(proxy_url, mock_url):
     finally:
         canary.close()
     assert canary.hits == 0
+
+
+# -- T10: a slow client back-pressures the upstream, without memory growth ------------------------
+
+
+def test_t10_slow_client_is_back_pressured(mock_url, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import psutil
+
+    from tests.test_cli import free_port, wait_http
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "STILLROOM_UPSTREAM": mock_url,
+        "STILLROOM_DATABASE": str(tmp_path / "t10.db"),
+        "STILLROOM_CAPTURE_MAX_BYTES": str(1024 * 1024),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(base + "/healthz")
+        for _ in range(20):  # warm up: pools, imports, allocator
+            httpx.post(base + "/v1/chat/completions", json=CHAT)
+        rss_before = psutil.Process(proc.pid).memory_info().rss
+        payload = httpx.Request("POST", "http://x", json=STREAM).read()
+        head = post_head("/v1/chat/completions", len(payload), "x-mock-mode: huge:20\r\n")
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(head + payload)
+        received = 0
+        latencies = []
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            received += len(sock.recv(1024))
+            started = time.monotonic()
+            assert httpx.post(base + "/v1/chat/completions", json=CHAT).status_code == 200
+            latencies.append(time.monotonic() - started)
+            time.sleep(0.01)
+        rss_after = psutil.Process(proc.pid).memory_info().rss
+        sock.close()
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    assert received < 2 * 1024 * 1024  # the client really was slow
+    assert rss_after - rss_before <= 8 * 1024 * 1024, (rss_before, rss_after)
+    assert sorted(latencies)[int(len(latencies) * 0.99) - 1] < 0.1  # others are unaffected
+
+
+# -- full counts of T2 and T6 (nightly: pytest -m slow) -------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize(
+    "variant", ["mid_stream", "silent_first_byte", "non_stream_waiting", "waiting_for_headers"]
+)
+def test_t2_fifty_runs(proxy_url, mock_url, variant):
+    for _ in range(50):
+        test_t2_client_disconnect_reaches_upstream_within_a_second(proxy_url, mock_url, variant)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.anyio
+@pytest.mark.parametrize("fault", ["status:500", "status:502", "status:503", "close_after_body"])
+async def test_t6_thousand_requests(proxy_url, mock_url, fault):
+    for _ in range(10):
+        await test_t6_no_post_is_ever_retried(proxy_url, mock_url, fault)
