@@ -259,3 +259,26 @@ def test_capture_off_setting_forwards_without_recording(start_proxy, mock_url, t
         r = httpx.post(base + "/v1/chat/completions", json=CHAT)
     assert r.status_code == 200 and "x-stillroom-capture-id" not in r.headers
     assert not (tmp_path / "x.db").exists()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_t8_huge_response_reaches_the_client_whole_and_the_capture_cut(
+    start_proxy, mock_url, tmp_path, stream
+):
+    import hashlib
+
+    db = tmp_path / "huge.db"
+    cap = 1024 * 1024
+    body = {**CHAT, "stream": stream}
+    headers = {"x-mock-mode": "huge:6"}
+    with (
+        start_proxy(upstream=mock_url, database=str(db), capture_max_bytes=cap) as base,
+        httpx.Client(timeout=30) as client,
+    ):
+        direct = client.post(mock_url + "/v1/chat/completions", json=body, headers=headers)
+        proxied = client.post(base + "/v1/chat/completions", json=body, headers=headers)
+    assert len(proxied.content) >= 6 * 1024 * 1024
+    assert hashlib.sha256(proxied.content).digest() == hashlib.sha256(direct.content).digest()
+    record = read_capture(db, proxied.headers["x-stillroom-capture-id"])
+    assert record.response_truncated and len(record.response_body) == cap
+    assert record.response_body == proxied.content[:cap]
