@@ -231,6 +231,16 @@ def _reassemble_choices(
     events: Iterable[SSEEvent], object_name: str, normalize_choice: _Normalizer
 ) -> ReassemblyResult:
     payloads, done, parse_errors = _decode(events)
+    return _fold_choices(payloads, done, parse_errors, object_name, normalize_choice)
+
+
+def _fold_choices(
+    payloads: list[tuple[str, JSONObject]],
+    done: bool,
+    parse_errors: int,
+    object_name: str,
+    normalize_choice: _Normalizer,
+) -> ReassemblyResult:
     top: JSONObject = {}
     choices: dict[int, _Choice] = {}
     error: JSONObject | None = None
@@ -246,9 +256,10 @@ def _reassemble_choices(
             for raw in raw_choices:
                 if isinstance(raw, dict):
                     _fold_choice(choices, raw, is_chat)
-        for key, value in chunk.items():
-            if value is not None:
-                top[key] = value  # the latest non-null value wins
+        if None in chunk.values():
+            top.update((key, value) for key, value in chunk.items() if value is not None)
+        else:
+            top.update(chunk)  # the latest non-null value wins
     for key in ("choices", "object", "obfuscation"):
         top.pop(key, None)
     if not top and not choices:

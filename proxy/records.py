@@ -13,9 +13,9 @@ from typing import Any
 
 import orjson
 
-from proxy.reassemble import ENDPOINTS, extract_usage, reassemble
-from proxy.sse import SSEDecoder
+from proxy.reassemble import ENDPOINTS, extract_usage
 from proxy.tags import metadata_tags
+from proxy.transcript import reassemble_transcript
 from proxy.types import JSONObject
 from storage.models import CaptureRecord, Outcome, Usage
 
@@ -93,10 +93,7 @@ def _response_object(copy: ExchangeCopy) -> tuple[JSONObject | None, Outcome, st
         return None, outcome, error
     is_stream = (copy.content_type or "").startswith("text/event-stream")
     if is_stream and copy.endpoint in ENDPOINTS:
-        decoder = SSEDecoder()
-        events = decoder.feed(body)
-        events += decoder.close()
-        result = reassemble(copy.endpoint, events)
+        result = reassemble_transcript(copy.endpoint, body)
         if result.error is not None and outcome == "completed":
             message = result.error.get("message")
             outcome, error = "upstream_error", f"error in stream: {message or 'unknown'}"
