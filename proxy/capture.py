@@ -96,7 +96,7 @@ class CapturePolicy:
         enabled: bool = True,
     ) -> None:
         self._writer = writer
-        self._max_bytes = max_bytes
+        self.max_bytes = max_bytes
         self._secret = fingerprint_secret
         self._drops = drops
         self._enabled = enabled
@@ -219,7 +219,7 @@ class CaptureTee:
                 self._request_id = value.decode("latin-1")
 
     def on_chunk(self, chunk: bytes) -> None:
-        room = self._policy._max_bytes - self._size
+        room = self._policy.max_bytes - self._size
         if room <= 0:
             self._truncated = True
             return

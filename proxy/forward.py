@@ -153,7 +153,7 @@ def _has_dot_segment(path: str) -> bool:
 
 
 class Forwarder:
-    """ASGI app for ``/v1/...``: forwards to the upstream through ``client``."""
+    """ASGI app for ``/v1/...``: forwards to the upstream through the connection pool."""
 
     def __init__(
         self,
@@ -272,7 +272,9 @@ class Forwarder:
             # all three end this exchange here, with its outcome recorded (not a crash).
             watch.task.uncancel()
             outcome, error, status = self._cancelled(watch, status)
-            if not response_started and outcome == "upstream_timeout":
+            if outcome == "upstream_timeout" and response_started:
+                logger.warning("%s; aborting the client stream", error)
+            elif not response_started and outcome == "upstream_timeout":
                 status = await _send_error(send, UpstreamTimeout("upstream first byte timeout"))
             elif not response_started and outcome == "interrupted":
                 status = await _send_error(send, ShuttingDown("proxy is shutting down; retry"))

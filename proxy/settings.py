@@ -9,7 +9,6 @@ reports every bad value at once, one line per key.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -297,10 +296,3 @@ def load_settings(environ: Mapping[str, str], **overrides: str) -> Settings:
     if problems:
         raise SettingsError(problems)
     return Settings(**values)
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
