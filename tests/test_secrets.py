@@ -14,8 +14,8 @@ import pytest
 
 from tests.test_cli import free_port, wait_http
 
-CLIENT_KEY = "sk-canaryCLIENT0123456789abcdefXYZ"
-UPSTREAM_KEY = "sk-canaryUPSTREAM0123456789abcdefXYZ"
+CLIENT_KEY = "sk-canary-CLIENT-0123456789-abcdefXYZ"  # fake; hyphens keep it unlike a real key
+UPSTREAM_KEY = "sk-canary-UPSTREAM-0123456789-abcdefXYZ"
 ADMIN_TOKEN = "canary-admin-token-0123456789abcdef0123456789"
 COOKIE = "session=canaryCOOKIE0123456789abcdef"
 CANARIES = (CLIENT_KEY, UPSTREAM_KEY, ADMIN_TOKEN, COOKIE.split("=", 1)[1])
