@@ -152,6 +152,7 @@ class StillroomApp:
             upstream_path=upstream.path,
             upstream_api_key=s.upstream_api_key.reveal() if s.upstream_api_key else None,
             max_request_bytes=s.max_request_bytes,
+            max_buffered_bytes=s.max_buffered_bytes,
             first_byte_timeout=s.first_byte_timeout,
             idle_timeout=s.idle_timeout,
         )

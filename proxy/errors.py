@@ -8,6 +8,7 @@ Hierarchy::
     │   ├── UpstreamUnavailable     refused, unreachable, DNS, TLS               → 502
     │   └── UpstreamProtocolError   closed without a reply, broken framing       → 502
     ├── ShuttingDown                cut at the end of the drain window           → 503
+    ├── ProxyBusy                   request bodies held over the global budget   → 503
     ├── RequestTooLarge             body over STILLROOM_MAX_REQUEST_BYTES        → 413
     ├── InvalidRequest              malformed request the proxy will not forward → 400
     ├── RouteNotFound               a path the proxy does not serve              → 404
@@ -61,6 +62,11 @@ class UpstreamProtocolError(UpstreamError):
 class ShuttingDown(ProxyError):
     status_code = 503
     code = "proxy_shutting_down"
+
+
+class ProxyBusy(ProxyError):
+    status_code = 503
+    code = "proxy_busy"
 
 
 class RequestTooLarge(ProxyError):

@@ -33,6 +33,7 @@ import httpx
 from proxy import headers as header_policy
 from proxy.errors import (
     InvalidRequest,
+    ProxyBusy,
     ProxyError,
     RequestTooLarge,
     RouteNotFound,
@@ -89,6 +90,7 @@ class RelayConfig:
     upstream_path: str  # the upstream base URL's path prefix ("" or e.g. "/openai")
     upstream_api_key: str | None
     max_request_bytes: int
+    max_buffered_bytes: int  # request bytes all exchanges in progress may hold together
     first_byte_timeout: float
     idle_timeout: float
 
@@ -168,6 +170,7 @@ class Forwarder:
         self._tee_factory = tee_factory
         self._prefix = config.upstream_path.encode("ascii")
         self.active = 0  # exchanges in progress; shutdown waits for it to reach 0
+        self.buffered = 0  # request-body bytes held by exchanges in progress
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = route_template(scope["path"])
@@ -184,8 +187,24 @@ class Forwarder:
             metrics.count_request(route, method, status)
 
     async def _exchange(self, scope: Scope, receive: Receive, send: Send, route: str) -> int:
+        hold = _Hold()
         try:
-            body = await self._read_request(scope, receive)
+            return await self._exchange_held(scope, receive, send, route, hold)
+        finally:
+            self.buffered -= hold.bytes
+
+    def _take(self, hold: _Hold, size: int) -> None:
+        """Count ``size`` more body bytes against the global budget, or refuse with 503."""
+        if self.buffered + size > self._config.max_buffered_bytes:
+            raise ProxyBusy("The proxy is holding too many request bodies; retry shortly.")
+        self.buffered += size
+        hold.bytes += size
+
+    async def _exchange_held(
+        self, scope: Scope, receive: Receive, send: Send, route: str, hold: _Hold
+    ) -> int:
+        try:
+            body = await self._read_request(scope, receive, hold)
         except ProxyError as exc:
             self._metrics.count_proxy_error(exc)
             return await _send_error(send, exc)
@@ -321,7 +340,7 @@ class Forwarder:
         else:
             watch.handle = watch.loop.call_at(deadline, self._check_deadline, watch)
 
-    async def _read_request(self, scope: Scope, receive: Receive) -> bytes | None:
+    async def _read_request(self, scope: Scope, receive: Receive, hold: _Hold) -> bytes | None:
         path: str = scope["path"]
         if _has_dot_segment(path):
             raise RouteNotFound(f"Invalid URL ({scope['method']} {path})")
@@ -333,8 +352,10 @@ class Forwarder:
             declared = header_policy.declared_length(client_headers)
         except ValueError as exc:
             raise InvalidRequest("malformed Content-Length header") from exc
-        if declared is not None and declared > limit:
-            raise RequestTooLarge(_too_large(limit))
+        if declared is not None:
+            if declared > limit:
+                raise RequestTooLarge(_too_large(limit))
+            self._take(hold, declared)  # before reading a byte of it
         message = await receive()
         if message["type"] == "http.disconnect":
             return None
@@ -342,9 +363,13 @@ class Forwarder:
         if not message.get("more_body", False):
             if len(body) > limit:
                 raise RequestTooLarge(_too_large(limit))
+            if declared is None:
+                self._take(hold, len(body))
             return body
         parts = [body]
         size = len(body)
+        if declared is None:
+            self._take(hold, size)
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
@@ -353,9 +378,18 @@ class Forwarder:
             size += len(chunk)
             if size > limit:
                 raise RequestTooLarge(_too_large(limit))
+            if declared is None:
+                self._take(hold, len(chunk))
             parts.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(parts)
+
+
+class _Hold:
+    __slots__ = ("bytes",)
+
+    def __init__(self) -> None:
+        self.bytes = 0
 
 
 def _too_large(limit: int) -> str:

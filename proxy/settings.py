@@ -185,6 +185,13 @@ class Settings:
         "Largest request body forwarded; larger ones get 413 before anything goes upstream.",
         metavar="BYTES",
     )
+    max_buffered_bytes: int = _setting(
+        256 * 1024 * 1024,
+        _parse_positive_int,
+        "Request-body bytes all requests in progress may hold together; past it new uploads "
+        "get a retryable 503 instead of growing memory.",
+        metavar="BYTES",
+    )
     connect_timeout: float = _setting(
         10.0, _parse_positive_float, "Seconds to open a connection upstream.", metavar="SECONDS"
     )
@@ -293,6 +300,13 @@ def load_settings(environ: Mapping[str, str], **overrides: str) -> Settings:
             reason = str(exc) if not str(exc).startswith(("invalid literal", "could not")) else ""
             shown = "(hidden)" if f.metadata["secret"] else repr(raw)
             problems.append(f"{source}={shown} is invalid: {reason or 'not a valid value'}")
+    if not problems:
+        settings = Settings(**values)
+        if settings.max_buffered_bytes < settings.max_request_bytes:
+            problems.append(
+                f"STILLROOM_MAX_BUFFERED_BYTES={settings.max_buffered_bytes} is invalid: must be "
+                f"at least STILLROOM_MAX_REQUEST_BYTES ({settings.max_request_bytes})"
+            )
     if problems:
         raise SettingsError(problems)
     return Settings(**values)

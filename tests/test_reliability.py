@@ -515,3 +515,32 @@ def test_t2_fifty_runs(proxy_url, mock_url, variant):
 async def test_t6_thousand_requests(proxy_url, mock_url, fault):
     for _ in range(10):
         await test_t6_no_post_is_ever_retried(proxy_url, mock_url, fault)
+
+
+def test_t9_global_body_budget_answers_503_instead_of_growing(start_proxy, mock_url):
+    with start_proxy(
+        upstream=mock_url, max_request_bytes=CAP, max_buffered_bytes=CAP + CAP // 4
+    ) as base:
+        port = port_of(base)
+        # A slow upload that declared 200 KiB holds its share of the budget while it trickles.
+        slow = raw_request(port, post_head("/v1/chat/completions", 200 * 1024), b"x" * 1024)
+        payload = b'{"model":"m","messages":[],"pad":"' + b"y" * (200 * 1024 - 40) + b'"}'
+
+        def busy():
+            r = httpx.post(base + "/v1/chat/completions", content=payload)
+            return r if r.status_code == 503 else None
+
+        refused = wait_for(busy)
+        assert refused.json()["error"]["code"] == "proxy_busy"
+        slow.close()  # the slow client gives up: its share is released
+        ok = wait_for(
+            lambda: (
+                httpx.post(
+                    base + "/v1/chat/completions", content=payload, headers={"x-mock-mode": "echo"}
+                ).status_code
+                == 200
+            )
+        )
+        assert ok
+        metrics = httpx.get(base + "/metrics").text
+    assert 'stillroom_proxy_errors_total{code="proxy_busy"}' in metrics

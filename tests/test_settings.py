@@ -110,3 +110,10 @@ def test_every_field_is_documented_with_env_name_and_help():
         assert f.metadata["help"].endswith(".")
         assert env_name(f.name) == "STILLROOM_" + f.name.upper()
     assert {f.name for f in settings_fields()} == set(Settings.__slots__)
+
+
+def test_body_budget_must_fit_one_request():
+    with pytest.raises(SettingsError, match="MAX_BUFFERED_BYTES"):
+        load_settings(
+            {"STILLROOM_MAX_REQUEST_BYTES": "1000", "STILLROOM_MAX_BUFFERED_BYTES": "999"}
+        )
