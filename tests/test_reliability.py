@@ -544,3 +544,69 @@ def test_t9_global_body_budget_answers_503_instead_of_growing(start_proxy, mock_
         assert ok
         metrics = httpx.get(base + "/metrics").text
     assert 'stillroom_proxy_errors_total{code="proxy_busy"}' in metrics
+
+
+def abort_many(count: int, mock_url: str, tmp_path) -> tuple[int, int]:
+    """``count`` clients that leave mid-stream or while waiting; the proxy's open FDs before
+    and after (a leaked upstream socket or task would hold one)."""
+    import os
+    import subprocess
+    import sys
+
+    import psutil
+
+    from tests.test_cli import free_port, wait_http
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "STILLROOM_UPSTREAM": mock_url,
+        "STILLROOM_DATABASE": str(tmp_path / "a.db"),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz")
+        httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=CHAT)
+        process = psutil.Process(proc.pid)
+        before = process.num_fds()
+        payload = httpx.Request("POST", "http://x", json=STREAM).read()
+        for i in range(count):
+            # Both would keep an upstream socket for a minute if the abort did not cancel it.
+            extra = (
+                "x-mock-gap-ms: 50\r\nx-mock-chunks: 1200\r\n"
+                if i % 2
+                else "x-mock-first-byte-ms: 60000\r\n"
+            )
+            sock = raw_request(
+                port, post_head("/v1/chat/completions", len(payload), extra), payload
+            )
+            if i % 2:
+                sock.recv(1024)
+            sock.close()
+        # Every abandoned exchange ends within a second or so; then the FDs are back.
+        deadline = time.monotonic() + 10
+        after = process.num_fds()
+        while after > before + 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            after = process.num_fds()
+        return before, after
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def test_t2_aborts_leave_no_sockets_behind(mock_url, tmp_path):
+    before, after = abort_many(50, mock_url, tmp_path)
+    assert after <= before + 2
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_t2_five_hundred_aborts_leave_no_sockets_behind(mock_url, tmp_path):
+    before, after = abort_many(500, mock_url, tmp_path)
+    assert after <= before + 2
