@@ -42,7 +42,7 @@ from proxy.errors import (
     upstream_error,
 )
 from proxy.http1 import UpstreamResponse
-from proxy.metrics import ProxyMetrics
+from proxy.metrics import ProxyMetrics, route_template
 from proxy.tasks import spawn
 from proxy.types import Receive, Scope, Send
 from storage.models import Outcome
@@ -115,39 +115,6 @@ class _Watch:
         self.gone = False
         self.timed_out = False
         self.done = False
-
-
-_KNOWN_ROUTES = frozenset(
-    {"chat/completions", "responses", "completions", "embeddings", "models", "files", "batches"}
-)
-_KNOWN_ROOTS = frozenset(
-    {
-        "chat",
-        "responses",
-        "models",
-        "files",
-        "uploads",
-        "fine_tuning",
-        "batches",
-        "evals",
-        "audio",
-        "images",
-        "moderations",
-        "vector_stores",
-        "assistants",
-        "threads",
-        "realtime",
-    }
-)
-
-
-def route_template(path: str) -> str:
-    """A low-cardinality label for a /v1 path (ids never reach the metrics)."""
-    rest = path[4:]  # after "/v1/"
-    if rest in _KNOWN_ROUTES:
-        return path
-    root = rest.split("/", 1)[0]
-    return f"/v1/{root}/*" if root in _KNOWN_ROOTS else "/v1/*"
 
 
 def _has_dot_segment(path: str) -> bool:

@@ -20,6 +20,39 @@ _LATENCY_BUCKETS = (
 )  # fmt: skip
 
 
+_KNOWN_ROUTES = frozenset(
+    {"chat/completions", "responses", "completions", "embeddings", "models", "files", "batches"}
+)
+_KNOWN_ROOTS = frozenset(
+    {
+        "chat",
+        "responses",
+        "models",
+        "files",
+        "uploads",
+        "fine_tuning",
+        "batches",
+        "evals",
+        "audio",
+        "images",
+        "moderations",
+        "vector_stores",
+        "assistants",
+        "threads",
+        "realtime",
+    }
+)
+
+
+def route_template(path: str) -> str:
+    """A low-cardinality label for a /v1 path (ids never reach the metrics)."""
+    rest = path[4:]  # after "/v1/"
+    if rest in _KNOWN_ROUTES:
+        return path
+    root = rest.split("/", 1)[0]
+    return f"/v1/{root}/*" if root in _KNOWN_ROOTS else "/v1/*"
+
+
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 
 
