@@ -11,8 +11,7 @@ Hierarchy::
     ├── ProxyBusy                   request bodies held over the global budget   → 503
     ├── RequestTooLarge             body over STILLROOM_MAX_REQUEST_BYTES        → 413
     ├── InvalidRequest              malformed request the proxy will not forward → 400
-    ├── RouteNotFound               a path the proxy does not serve              → 404
-    └── AdminAuthError              missing or wrong admin token                 → 401
+    └── RouteNotFound               a path the proxy does not serve              → 404
 
 Upstream 4xx/5xx answers are *not* exceptions: they pass through byte for byte. Every error the
 proxy raises is answered with OpenAI's envelope ``{"error": {"message", "type", "param",
@@ -85,12 +84,6 @@ class RouteNotFound(ProxyError):
     status_code = 404
     error_type = "invalid_request_error"
     code = "not_found"
-
-
-class AdminAuthError(ProxyError):
-    status_code = 401
-    error_type = "authentication_error"
-    code = "invalid_admin_token"
 
 
 def error_body(message: str, error_type: str, code: str | None, param: str | None = None) -> bytes:

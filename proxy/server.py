@@ -107,13 +107,16 @@ def uvicorn_config(app: Any, *, host: str, port: int, **options: Any) -> uvicorn
 
 
 def run(config: uvicorn.Config, on_stop: Callable[[], None] | None = None) -> bool:
-    """Serve until stopped; True when it started and stopped cleanly."""
+    """Serve until stopped; True when it started and stopped cleanly.
+
+    A socket that cannot be bound never gets here: uvicorn logs it and exits with its own
+    STARTUP_FAILURE (3), the same code as ours.
+    """
     server = StillroomServer(config, on_stop=on_stop)
-    try:
-        asyncio.run(server.serve()) if config.loop == "asyncio" else _run_uvloop(server)
-    except OSError as exc:  # e.g. address in use
-        logger.error("cannot listen on %s:%s: %s", config.host, config.port, exc.strerror)
-        return False
+    if config.loop == "asyncio":
+        asyncio.run(server.serve())
+    else:
+        _run_uvloop(server)
     return server.started
 
 

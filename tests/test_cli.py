@@ -183,3 +183,18 @@ def test_db_commands_fail_with_one_line(tmp_path):
     assert result.exit_code == 1
     assert result.output.startswith("Error: postgresql://x/y: ")
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_serve_on_a_taken_port_exits_with_startup_failure(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [*STILLROOM, "serve", "--port", str(port), "--database", str(tmp_path / "p.db")],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == STARTUP_FAILURE
+    assert "Traceback" not in result.stderr + result.stdout

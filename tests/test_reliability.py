@@ -365,10 +365,40 @@ def test_t11_both_framing_headers_are_refused(proxy_url, mock_url):
     assert find(mock_url, test_id) == []
 
 
-def test_t11_upstream_hop_by_hop_headers_are_dropped(proxy_url):
-    r = httpx.post(proxy_url + "/v1/chat/completions", json=STREAM)
-    assert "keep-alive" not in r.headers
-    assert r.headers.get("transfer-encoding") == "chunked"  # our own hop, not the upstream's
+async def hop_by_hop_upstream(scope, receive, send):
+    """An upstream that answers with hop-by-hop fields, one of them named in Connection."""
+    if scope["type"] != "http":
+        return
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"keep-alive", b"timeout=5"),
+                (b"connection", b"x-hop"),
+                (b"x-hop", b"1"),
+                (b"upgrade", b"h2c"),
+                (b"proxy-authenticate", b"Basic"),
+                (b"x-request-id", b"req_hop"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": b'{"ok":true}'})
+
+
+def test_t11_upstream_hop_by_hop_headers_are_dropped(start_proxy):
+    from tests._server import serve_in_thread
+
+    with serve_in_thread(hop_by_hop_upstream) as upstream:
+        direct = httpx.post(upstream + "/v1/chat/completions", json=CHAT)
+        with start_proxy(upstream=upstream) as base:
+            r = httpx.post(base + "/v1/chat/completions", json=CHAT)
+    assert "keep-alive" in direct.headers and "x-hop" in direct.headers  # the upstream sent them
+    for name in ("keep-alive", "x-hop", "upgrade", "proxy-authenticate"):
+        assert name not in r.headers
+    assert r.headers["x-request-id"] == "req_hop"
+    assert r.json() == {"ok": True}
 
 
 # -- T21: no open relay ---------------------------------------------------------------------------
