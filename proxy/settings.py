@@ -9,6 +9,7 @@ reports every bad value at once, one line per key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -127,6 +128,20 @@ def _parse_log_level(raw: str) -> str:
     return value
 
 
+def _parse_retention_days(raw: str) -> float | None:
+    value = float(raw)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("must be a number of days, 0 or more (0: keep captures forever)")
+    return value or None
+
+
+def _parse_stored_completions(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("local", "upstream"):
+        raise ValueError("must be local or upstream")
+    return value
+
+
 def _parse_database(raw: str) -> str:
     value = raw.strip()
     if not value:
@@ -178,6 +193,20 @@ class Settings:
         "Bearer token for the admin API (at least 32 characters). Unset: /admin answers 404.",
         metavar="TOKEN",
         secret=True,
+    )
+    retention_days: float | None = _setting(
+        None,
+        _parse_retention_days,
+        "Delete captures older than this many days, in the background (hard delete). "
+        "Unset or 0: keep them forever.",
+        metavar="DAYS",
+    )
+    stored_completions: str = _setting(
+        "local",
+        _parse_stored_completions,
+        "Who answers OpenAI's Stored Completions API (GET/POST/DELETE /v1/chat/completions...): "
+        "local serves the captures in this store, upstream forwards the calls.",
+        metavar="local|upstream",
     )
     max_request_bytes: int = _setting(
         32 * 1024 * 1024,

@@ -6,6 +6,15 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from storage.models import CaptureRecord
+from storage.query import (
+    CaptureFilter,
+    CapturePatch,
+    Conversation,
+    Order,
+    Page,
+    Stats,
+    StoredCapture,
+)
 
 
 class Store(Protocol):
@@ -32,6 +41,60 @@ class Store(Protocol):
 
     async def count(self) -> int:
         """Number of stored captures."""
+        ...
+
+    # -- finding and curating (see storage.query) --------------------------------------------
+
+    async def list_captures(
+        self,
+        where: CaptureFilter,
+        *,
+        after: str | None = None,
+        limit: int = 50,
+        order: Order = "desc",
+    ) -> Page:
+        """One page of captures matching ``where``, by id (newest first for ``desc``).
+
+        ``after`` is the last id of the previous page (exclusive). Raises ``QueryError`` for a
+        full-text query FTS5 cannot parse.
+        """
+        ...
+
+    async def get_capture(
+        self, ref: str, *, key_fingerprint: str | None = None
+    ) -> StoredCapture | None:
+        """A capture with its curation, by capture id or by response id (``chatcmpl-…``).
+
+        With ``key_fingerprint``, a capture made with another key is treated as missing.
+        """
+        ...
+
+    async def conversation(self, capture_id: str) -> Conversation | None:
+        """The Responses API chain ending at ``capture_id`` (followed by previous_response_id)."""
+        ...
+
+    async def update_capture(self, capture_id: str, patch: CapturePatch) -> StoredCapture | None:
+        """Apply a curation edit; None when the id is unknown."""
+        ...
+
+    async def update_where(self, where: CaptureFilter, patch: CapturePatch) -> int:
+        """Apply a curation edit to every match; the number of captures changed."""
+        ...
+
+    async def delete_capture(self, capture_id: str) -> bool:
+        """Hard delete: the capture's text is gone from the files once this returns."""
+        ...
+
+    async def delete_where(self, where: CaptureFilter) -> int:
+        """Hard delete every match (see ``delete_capture``); the number deleted."""
+        ...
+
+    async def purge_before(self, cutoff: float) -> int:
+        """Hard delete captures created before ``cutoff`` (unix seconds); the number deleted."""
+        ...
+
+    async def stats(self, where: CaptureFilter | None = None) -> Stats:
+        """Counts by model, endpoint, outcome, tag and day; token sums; bytes on disk."""
         ...
 
     async def ping(self) -> None:
@@ -73,3 +136,39 @@ class NullStore:
 
     async def install_secret(self) -> bytes:
         return b"\0" * 32
+
+    async def list_captures(
+        self,
+        where: CaptureFilter,
+        *,
+        after: str | None = None,
+        limit: int = 50,
+        order: Order = "desc",
+    ) -> Page:
+        return Page([], False)
+
+    async def get_capture(
+        self, ref: str, *, key_fingerprint: str | None = None
+    ) -> StoredCapture | None:
+        return None
+
+    async def conversation(self, capture_id: str) -> Conversation | None:
+        return None
+
+    async def update_capture(self, capture_id: str, patch: CapturePatch) -> StoredCapture | None:
+        return None
+
+    async def update_where(self, where: CaptureFilter, patch: CapturePatch) -> int:
+        return 0
+
+    async def delete_capture(self, capture_id: str) -> bool:
+        return False
+
+    async def delete_where(self, where: CaptureFilter) -> int:
+        return 0
+
+    async def purge_before(self, cutoff: float) -> int:
+        return 0
+
+    async def stats(self, where: CaptureFilter | None = None) -> Stats:
+        return Stats(0, {}, {}, {}, {}, {}, 0, 0, 0, 0, 0, 0, 0, 0)
