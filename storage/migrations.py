@@ -133,6 +133,101 @@ def m002_install(conn: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m003_curation_search(conn: sqlite3.Connection) -> None:
+    """A stable row number, curation columns and the full-text index.
+
+    ``captures`` is rebuilt (SQLite's documented table-rebuild procedure) with ``seq INTEGER
+    PRIMARY KEY``: an implicit rowid may be renumbered by VACUUM, and the full-text index is
+    keyed by it. The id keeps its unique index, so inserts cost the same. ``seq`` is the order
+    captures were stored in; pages are ordered by it, so every single-column index (which ends
+    in the rowid) and the tag index ``(key, value, seq)`` hand out pages already sorted.
+    ``capture_tags`` now refers to captures by ``seq``.
+    Curation: ``feedback_score`` (-1 … 1) and ``feedback_note``, ``excluded`` (keep out of
+    training), ``corrected_response`` (JSON text export prefers over the teacher's answer),
+    ``curated_at``. ``captures_fts``: a contentless FTS5 index (rowid = ``captures.seq``) of each
+    capture's prompt and answer text as ``storage._search.search_text`` extracts it;
+    contentless, so the text is not stored twice. Existing captures are indexed here.
+    """
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(captures)")]
+    names = ", ".join(columns)
+    _execute_script(
+        conn,
+        f"""
+        CREATE TABLE captures_new (
+            seq INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            created_at REAL NOT NULL,
+            endpoint TEXT NOT NULL,
+            method TEXT NOT NULL,
+            path TEXT NOT NULL,
+            model TEXT,
+            requested_model TEXT,
+            returned_model TEXT,
+            stream INTEGER NOT NULL,
+            status INTEGER,
+            outcome TEXT NOT NULL,
+            error TEXT,
+            latency_ms REAL,
+            ttft_ms REAL,
+            input_tokens INTEGER,
+            output_tokens INTEGER,
+            total_tokens INTEGER,
+            cached_tokens INTEGER,
+            reasoning_tokens INTEGER,
+            has_tool_calls INTEGER NOT NULL,
+            response_id TEXT,
+            previous_response_id TEXT,
+            upstream_request_id TEXT,
+            retry_count INTEGER,
+            key_fingerprint TEXT,
+            request_size INTEGER NOT NULL,
+            request_codec INTEGER NOT NULL,
+            request_manifest BLOB NOT NULL,
+            response_size INTEGER NOT NULL,
+            response_truncated INTEGER NOT NULL,
+            response_content_type TEXT,
+            response_codec INTEGER NOT NULL,
+            response_body BLOB NOT NULL,
+            response_json_codec INTEGER,
+            response_json BLOB,
+            feedback_score REAL,
+            feedback_note TEXT,
+            excluded INTEGER NOT NULL DEFAULT 0,
+            corrected_response BLOB,
+            curated_at REAL
+        );
+        INSERT INTO captures_new (seq, {names}) SELECT rowid, {names} FROM captures ORDER BY rowid;
+        CREATE TABLE capture_tags_new (
+            seq INTEGER NOT NULL REFERENCES captures (seq) ON DELETE CASCADE,
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            PRIMARY KEY (seq, key)
+        ) WITHOUT ROWID;
+        INSERT INTO capture_tags_new (seq, key, value)
+            SELECT c.seq, t.key, t.value
+            FROM capture_tags t JOIN captures_new c ON c.id = t.capture_id;
+        DROP TABLE capture_tags;
+        DROP TABLE captures;
+        ALTER TABLE captures_new RENAME TO captures;
+        ALTER TABLE capture_tags_new RENAME TO capture_tags;
+        CREATE INDEX capture_tags_key_value ON capture_tags (key, value);
+        CREATE INDEX captures_created_at ON captures (created_at);
+        CREATE INDEX captures_model ON captures (model);
+        CREATE INDEX captures_response_id ON captures (response_id)
+            WHERE response_id IS NOT NULL;
+        CREATE INDEX captures_previous_response_id ON captures (previous_response_id)
+            WHERE previous_response_id IS NOT NULL;
+        CREATE VIRTUAL TABLE captures_fts USING fts5 (
+            prompt, answer, content = '', tokenize = 'unicode61 remove_diacritics 2'
+        );
+        """,
+    )
+    from storage._sqlite_search import index_all
+
+    index_all(conn)
+
+
 def _ensure_table(conn: sqlite3.Connection) -> None:
     conn.execute(
         "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"

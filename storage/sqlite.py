@@ -24,26 +24,34 @@ import os
 import secrets
 import sqlite3
 import time
-import zlib
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
-from storage import migrations
-from storage._blobs import decompress, manifest_digests
+from storage import _sqlite_edit, _sqlite_read, _sqlite_search, migrations
 from storage._rows import (
     CAPTURE_COLUMNS,
     EncodedBatch,
-    decode_capture,
     encode_batch,
-    request_manifest,
 )
 from storage.errors import StoreBusy, StoreError, StoreFull, StoreUnavailable
 from storage.models import CaptureRecord
+from storage.query import (
+    CaptureFilter,
+    CapturePatch,
+    Conversation,
+    Order,
+    Page,
+    QueryError,
+    Stats,
+    StoredCapture,
+    is_capture_id,
+)
 
+T = TypeVar("T")
 _SQLITE_FULL = 13
 _SQLITE_BUSY_CODES = {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED
 # PERM, READONLY, IOERR, CORRUPT, CANTOPEN, NOTADB, NOMEM, AUTH
@@ -59,8 +67,10 @@ _UPSERT_BLOB = (
     "INSERT INTO blobs (hash, refs, codec, size, data) VALUES (?, ?, ?, ?, ?) "
     "ON CONFLICT (hash) DO UPDATE SET refs = refs + excluded.refs"
 )
-_INSERT_TAG = "INSERT OR IGNORE INTO capture_tags (capture_id, key, value) VALUES (?, ?, ?)"
-_SELECT_CAPTURE = f"SELECT {', '.join(CAPTURE_COLUMNS)} FROM captures WHERE id = ?"
+_INSERT_TAG = (
+    "INSERT OR IGNORE INTO capture_tags (seq, key, value) "
+    "SELECT seq, ?, ? FROM captures WHERE id = ?"
+)
 
 
 @contextlib.contextmanager
@@ -79,6 +89,8 @@ def _translated_errors() -> Iterator[None]:
         if primary in _SQLITE_UNAVAILABLE_CODES or "closed" in str(exc):
             raise StoreUnavailable(message) from exc
         raise StoreError(message) from exc
+    except QueryError:
+        raise
     except ValueError as exc:  # aiosqlite: "Connection closed", "no active connection"
         if "closed" in str(exc) or "no active connection" in str(exc):
             raise StoreUnavailable(f"connection closed: {exc}") from exc
@@ -103,8 +115,14 @@ def _encode_chunk(records: Sequence[CaptureRecord]) -> EncodedBatch:
         raise StoreError(f"cannot encode capture batch: {exc}") from exc
 
 
-def _write_batches_sync(conn: sqlite3.Connection, batches: list[EncodedBatch]) -> None:
-    """One transaction for all ``batches``; ids already stored are skipped (idempotent)."""
+def _write_batches_sync(
+    conn: sqlite3.Connection, batches: list[EncodedBatch], records: Sequence[CaptureRecord]
+) -> None:
+    """One transaction for all ``batches``; ids already stored are skipped (idempotent).
+
+    New captures are added to the full-text index in the same transaction.
+    """
+    by_id = {record.id: record for record in records}
     conn.execute("BEGIN IMMEDIATE")
     try:
         ids = [c.id for batch in batches for c in batch.captures]
@@ -126,9 +144,10 @@ def _write_batches_sync(conn: sqlite3.Connection, batches: list[EncodedBatch]) -
             if blob_rows:
                 conn.executemany(_UPSERT_BLOB, blob_rows)
             conn.executemany(_INSERT_CAPTURE, [c.row for c in new])
-            tag_rows = [tag for capture in new for tag in capture.tags]
+            tag_rows = [(k, v, cid) for capture in new for cid, k, v in capture.tags]
             if tag_rows:
                 conn.executemany(_INSERT_TAG, tag_rows)
+            _sqlite_search.index_records(conn, [by_id[c.id] for c in new])
         conn.execute("COMMIT")
     except BaseException:
         # Some errors (SQLITE_FULL) end the transaction already; then ROLLBACK fails.
@@ -211,6 +230,8 @@ class SQLiteStore:
                 "journal_mode = WAL",
                 "synchronous = NORMAL",
                 "foreign_keys = ON",
+                # Deleted content is overwritten with zeros, not just unlinked (hard delete).
+                "secure_delete = ON",
                 "journal_size_limit = 67108864",
                 # 2 MiB: the writer only appends; a 16 MiB cache measured as a steady RSS climb
                 # in the T16 soak (bench/soak.py) with no gain in write throughput.
@@ -302,7 +323,7 @@ class SQLiteStore:
             with _translated_errors():
                 # aiosqlite 0.22's Connection._execute runs fn on the connection's thread
                 # (pinned in requirements/*.txt; tests cover this path).
-                await writer._execute(_write_batches_sync, writer._conn, encoded)  # type: ignore[no-untyped-call]
+                await writer._execute(_write_batches_sync, writer._conn, encoded, records)  # type: ignore[no-untyped-call]
 
     @staticmethod
     async def _rollback(conn: aiosqlite.Connection) -> None:
@@ -314,48 +335,85 @@ class SQLiteStore:
     # -- reads -------------------------------------------------------------------------------
 
     async def get(self, capture_id: str) -> CaptureRecord | None:
+        found = await self._read(_sqlite_read.get_one, capture_id, None, False)
+        return found.record if found is not None else None
+
+    # -- finding and curating (storage.query; SQL in _sqlite_read / _sqlite_edit) -------------
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(conn, *args)`` in one read transaction on the reader's thread."""
         _, reader = await self._connections()
         async with self._read_lock:
             with _translated_errors():
-                try:
-                    await reader.execute("BEGIN")  # one snapshot for the row, tags and blobs
-                    found = await self._read_capture(reader, capture_id)
-                finally:
-                    await self._rollback(reader)
+                result: T = await reader._execute(  # type: ignore[no-untyped-call]
+                    _sqlite_read.read_snapshot, reader._conn, fn, *args
+                )
+        return result
+
+    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(conn, *args)`` on the writer's thread (``fn`` owns its transaction)."""
+        writer, _ = await self._connections()
+        async with self._write_lock:
+            with _translated_errors():
+                result: T = await writer._execute(fn, writer._conn, *args)  # type: ignore[no-untyped-call]
+        return result
+
+    async def list_captures(
+        self,
+        where: CaptureFilter,
+        *,
+        after: str | None = None,
+        limit: int = 50,
+        order: Order = "desc",
+    ) -> Page:
+        items, has_more = await self._read(_sqlite_read.list_page, where, after, limit, order)
+        return Page(items, has_more)
+
+    async def get_capture(
+        self, ref: str, *, key_fingerprint: str | None = None
+    ) -> StoredCapture | None:
+        by_response_id = not is_capture_id(ref)
+        return await self._read(_sqlite_read.get_one, ref, key_fingerprint, by_response_id)
+
+    async def conversation(self, capture_id: str) -> Conversation | None:
+        found = await self._read(_sqlite_read.chain, capture_id)
         if found is None:
             return None
-        values, tags, stored_blobs = found
-        try:
-            blobs = {digest: decompress(*stored) for digest, stored in stored_blobs.items()}
-            return decode_capture(values, tags, blobs)
-        except (ValueError, KeyError, TypeError, zlib.error) as exc:
-            raise StoreError(f"capture {capture_id} cannot be decoded: {exc!r}") from exc
+        captures, complete, missing = found
+        return Conversation(captures, complete, missing)
 
-    async def _read_capture(
-        self, reader: aiosqlite.Connection, capture_id: str
-    ) -> tuple[dict[str, Any], dict[str, str], dict[bytes, tuple[int, bytes]]] | None:
-        rows = list(await reader.execute_fetchall(_SELECT_CAPTURE, (capture_id,)))
-        if not rows:
-            return None
-        values = dict(zip(CAPTURE_COLUMNS, rows[0], strict=True))
-        tag_rows = await reader.execute_fetchall(
-            "SELECT key, value FROM capture_tags WHERE capture_id = ?", (capture_id,)
-        )
-        tags = {row[0]: row[1] for row in tag_rows}
-        try:
-            digests = list(set(manifest_digests(request_manifest(values))))
-        except (ValueError, zlib.error) as exc:
-            raise StoreError(f"capture {capture_id}: bad request manifest: {exc}") from exc
-        blobs: dict[bytes, tuple[int, bytes]] = {}
-        for start in range(0, len(digests), _MAX_PARAMS):
-            chunk = digests[start : start + _MAX_PARAMS]
-            marks = ", ".join("?" for _ in chunk)
-            blob_rows = await reader.execute_fetchall(
-                f"SELECT hash, codec, data FROM blobs WHERE hash IN ({marks})", chunk
-            )
-            for digest, codec, data in blob_rows:
-                blobs[digest] = (codec, data)
-        return values, tags, blobs
+    async def update_capture(self, capture_id: str, patch: CapturePatch) -> StoredCapture | None:
+        return await self._write(_sqlite_edit.update_one, capture_id, patch)
+
+    async def update_where(self, where: CaptureFilter, patch: CapturePatch) -> int:
+        return await self._write(_sqlite_edit.update_where, where, patch)
+
+    async def delete_capture(self, capture_id: str) -> bool:
+        return await self._delete([capture_id]) > 0
+
+    async def delete_where(self, where: CaptureFilter) -> int:
+        return await self._delete(await self._read(_sqlite_edit.matching_ids, where))
+
+    async def purge_before(self, cutoff: float) -> int:
+        return await self.delete_where(CaptureFilter(until=cutoff))
+
+    async def _delete(self, ids: Sequence[str]) -> int:
+        # A transaction per chunk, so captures keep being written during a long purge.
+        deleted = 0
+        for start in range(0, len(ids), _sqlite_edit.DELETE_CHUNK):
+            chunk = ids[start : start + _sqlite_edit.DELETE_CHUNK]
+            deleted += await self._write(_sqlite_edit.delete_chunk, chunk)
+        if deleted:
+            await self._write(_sqlite_edit.finish_delete)
+        return deleted
+
+    async def stats(self, where: CaptureFilter | None = None) -> Stats:
+        values = await self._read(_sqlite_read.stats_rows, where or CaptureFilter())
+        size = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                size += os.path.getsize(self.path + suffix)
+        return Stats(store_bytes=size, **values)
 
     async def count(self) -> int:
         _, reader = await self._connections()

@@ -208,7 +208,7 @@ def test_pending_is_read_only(tmp_path: Path) -> None:
 EXPECTED_COLUMNS = {
     "install": ["id", "secret", "created_at"],
     "captures": [
-        "id", "created_at", "endpoint", "method", "path", "model", "requested_model",
+        "seq", "id", "created_at", "endpoint", "method", "path", "model", "requested_model",
         "returned_model", "stream", "status", "outcome", "error", "latency_ms", "ttft_ms",
         "input_tokens", "output_tokens", "total_tokens", "cached_tokens", "reasoning_tokens",
         "has_tool_calls", "response_id", "previous_response_id", "upstream_request_id",
@@ -216,8 +216,14 @@ EXPECTED_COLUMNS = {
         "response_size",
         "response_truncated", "response_content_type", "response_codec", "response_body",
         "response_json_codec", "response_json",
+        "feedback_score", "feedback_note", "excluded", "corrected_response", "curated_at",
     ],
-    "capture_tags": ["capture_id", "key", "value"],
+    "captures_fts": ["prompt", "answer"],
+    "captures_fts_data": ["id", "block"],
+    "captures_fts_idx": ["segid", "term", "pgno"],
+    "captures_fts_docsize": ["id", "sz"],
+    "captures_fts_config": ["k", "v"],
+    "capture_tags": ["seq", "key", "value"],
     "blobs": ["id", "hash", "refs", "codec", "size", "data"],
     "_migrations": ["name", "applied_at"],
 }  # fmt: skip
