@@ -22,6 +22,20 @@ JSON_DEFLATE = 1
 JSON_FROM_BODY = 2  # the reassembled object equals the parsed response body: not stored twice
 JSON_STDLIB = 3  # written by the standard library (values orjson cannot encode exactly)
 
+
+class ParsedBody(dict[str, Any]):
+    """A response object that is ``orjson.loads(record.response_body)`` itself, unchanged.
+
+    The proxy builds this for a non-streamed JSON answer. The encoder then knows without
+    re-parsing the body that the object re-serialises to what the body re-serialises to, and
+    that it holds no value orjson cannot write exactly (orjson never parses NaN, infinities or
+    integers over 64 bits), so it stores ``JSON_FROM_BODY`` by the same rule as for a plain
+    dict, minus the ``loads``/``dumps`` comparison. To everyone else it is a dict.
+    """
+
+    __slots__ = ()
+
+
 CAPTURE_COLUMNS: tuple[str, ...] = (
     "id",
     "created_at",
@@ -143,10 +157,11 @@ def _encode_response(record: CaptureRecord) -> tuple[int | None, bytes | None]:
     response = record.response
     if response is None:
         return None, None
+    from_body = type(response) is ParsedBody
     try:
         text = orjson.dumps(response)
         # orjson writes NaN and infinities as null, which would not round-trip.
-        if b"null" in text and _has_non_finite(response):
+        if not from_body and b"null" in text and _has_non_finite(response):
             raise TypeError("non-finite float")
     except TypeError:  # orjson.JSONEncodeError is a TypeError (e.g. an int over 64 bits)
         try:
@@ -155,6 +170,8 @@ def _encode_response(record: CaptureRecord) -> tuple[int | None, bytes | None]:
             raise ValueError(f"capture {record.id}: response is not JSON: {exc}") from exc
     body = record.response_body
     if not record.response_truncated and body[:1] == b"{" and len(body) >= len(text):
+        if from_body:  # orjson.loads(body) is the response: same bytes by construction
+            return JSON_FROM_BODY, None
         # Same bytes once normalised means same keys, order and types: keep the body only.
         try:
             if orjson.dumps(orjson.loads(body)) == text:

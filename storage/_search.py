@@ -2,11 +2,13 @@
 
 ``search_text(endpoint, request_body, response)`` returns ``(prompt, answer)``:
 
-* prompt — what the caller wrote: the text of user, assistant and tool messages (chat), the
-  ``input`` items (Responses API) or the ``prompt`` (legacy completions). System and developer
-  messages and ``instructions`` are left out on purpose: the same long system prompt repeats in
-  nearly every capture, so indexing it would multiply the index for no search value (filter by
-  tag or model to find a prompt version).
+* prompt — what is new in this call: the chat messages after the last assistant message (the
+  user's turn, tool results), the ``input`` items (Responses API) or the ``prompt`` (legacy
+  completions). Left out on purpose: system and developer messages and ``instructions`` (the
+  same long prompt repeats in nearly every capture; filter by tag or model to find a prompt
+  version) and earlier turns of a conversation (each was new, and indexed, in the call that
+  first sent it). Indexing repeated text would grow the index with the square of a
+  conversation's length for no search value.
 * answer — the response's text: message content, refusals, tool-call names and arguments,
   Responses API output text, completion text.
 
@@ -21,7 +23,7 @@ from typing import Any
 
 import orjson
 
-MAX_FIELD_CHARS = 64 * 1024  # per column and capture: bounds the indexing work of huge prompts
+MAX_FIELD_CHARS = 32 * 1024  # per column and capture: bounds the indexing work of huge prompts
 
 _SKIPPED_ROLES = frozenset({"system", "developer"})
 
@@ -104,7 +106,14 @@ def _message(message: object, out: list[str]) -> None:
 
 
 def _messages(messages: object, out: list[str]) -> None:
-    for message in _list(messages):
+    items = _list(messages)
+    start = 0
+    for at in range(len(items) - 1, -1, -1):
+        item = items[at]
+        if isinstance(item, dict) and item.get("role") == "assistant":
+            start = at + 1
+            break
+    for message in items[start:]:
         if isinstance(message, dict) and message.get("role") not in _SKIPPED_ROLES:
             _message(message, out)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import sqlite3
 import zlib
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -282,18 +283,28 @@ def stats_rows(conn: sqlite3.Connection, where: CaptureFilter) -> dict[str, Any]
     source = f"({matched})" if matched else "captures"
     p = params if matched else []
 
-    def group(expr: str) -> dict[str, int]:
-        sql = f"SELECT {expr} AS k, count(*) FROM {source} GROUP BY k ORDER BY count(*) DESC"
-        return {("" if k is None else str(k)): n for k, n in run_query(conn, sql, p)}
-
-    totals = run_query(
+    # Model and day come from their indexes; the rest is one pass grouped by two small keys.
+    by: dict[str, dict[str, int]] = {"model": {}, "endpoint": {}, "outcome": {}, "day": {}}
+    for model, n in run_query(conn, f"SELECT model, count(*) FROM {source} GROUP BY 1", p):
+        by["model"]["" if model is None else str(model)] = n
+    for day, n in run_query(
         conn,
-        "SELECT count(*), total(input_tokens), total(output_tokens), total(total_tokens),"
-        " total(cached_tokens), total(reasoning_tokens),"
-        " count(feedback_score), total(excluded)"
-        f" FROM {source}",
+        f"SELECT CAST(created_at / 86400 AS INTEGER), count(*) FROM {source} GROUP BY 1",
         p,
-    )[0]
+    ):
+        by["day"][datetime.fromtimestamp(day * 86400, UTC).date().isoformat()] = n
+    sums = [0] * 8
+    for endpoint, outcome, *numbers in run_query(
+        conn,
+        "SELECT endpoint, outcome, count(*), total(input_tokens), total(output_tokens),"
+        " total(total_tokens), total(cached_tokens), total(reasoning_tokens),"
+        f" count(feedback_score), total(excluded) FROM {source} GROUP BY 1, 2",
+        p,
+    ):
+        by["endpoint"][endpoint] = by["endpoint"].get(endpoint, 0) + numbers[0]
+        by["outcome"][outcome] = by["outcome"].get(outcome, 0) + numbers[0]
+        for i, value in enumerate(numbers):
+            sums[i] += int(value)
     tag_source = (
         f"capture_tags WHERE seq IN (SELECT seq FROM {source})" if matched else "capture_tags"
     )
@@ -305,18 +316,22 @@ def stats_rows(conn: sqlite3.Connection, where: CaptureFilter) -> dict[str, Any]
         p,
     ):
         by_tag.setdefault(key, {})[value] = n
+
+    def ranked(counts: dict[str, int]) -> dict[str, int]:
+        return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
     return {
-        "captures": int(totals[0]),
-        "input_tokens": int(totals[1]),
-        "output_tokens": int(totals[2]),
-        "total_tokens": int(totals[3]),
-        "cached_tokens": int(totals[4]),
-        "reasoning_tokens": int(totals[5]),
-        "with_feedback": int(totals[6]),
-        "excluded": int(totals[7]),
-        "by_model": group("model"),
-        "by_endpoint": group("endpoint"),
-        "by_outcome": group("outcome"),
-        "by_day": dict(sorted(group("date(created_at, 'unixepoch')").items())),
+        "captures": sums[0],
+        "input_tokens": sums[1],
+        "output_tokens": sums[2],
+        "total_tokens": sums[3],
+        "cached_tokens": sums[4],
+        "reasoning_tokens": sums[5],
+        "with_feedback": sums[6],
+        "excluded": sums[7],
+        "by_model": ranked(by["model"]),
+        "by_endpoint": ranked(by["endpoint"]),
+        "by_outcome": ranked(by["outcome"]),
+        "by_day": dict(sorted(by["day"].items())),
         "by_tag": by_tag,
     }

@@ -355,3 +355,43 @@ def test_parse_patch_refuses_bad_input() -> None:
     ):
         with pytest.raises(QueryError):
             parse_patch(body)
+
+
+def test_search_text_indexes_the_new_turn_and_the_answer() -> None:
+    from storage._search import search_text
+
+    body = json.dumps(
+        {
+            "messages": [
+                {"role": "system", "content": "system words"},
+                {"role": "user", "content": "first question"},
+                {"role": "assistant", "content": "first answer"},
+                {"role": "user", "content": [{"type": "text", "text": "second question"}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "tool result"},
+            ]
+        }
+    ).encode()
+    response = {
+        "choices": [
+            {
+                "message": {
+                    "content": "final",
+                    "tool_calls": [{"function": {"name": "lookup", "arguments": '{"q": "x"}'}}],
+                }
+            }
+        ]
+    }
+    prompt, answer = search_text("chat/completions", body, response)
+    assert prompt == "second question\ntool result"
+    assert answer == 'final\nlookup\n{"q": "x"}'
+    prompt, answer = search_text(
+        "responses",
+        json.dumps({"instructions": "skip", "input": "hello there"}).encode(),
+        {"output": [{"type": "message", "content": [{"type": "output_text", "text": "hi"}]}]},
+    )
+    assert (prompt, answer) == ("hello there", "hi")
+    assert search_text("completions", b'{"prompt": ["a", "b"]}', {"choices": [{"text": "c"}]}) == (
+        "a\nb",
+        "c",
+    )
+    assert search_text("chat/completions", b"not json", None) == ("", "")
