@@ -2,9 +2,9 @@
 
 A delete removes the capture row, its tags (cascade), its entries in the full-text index, and
 the request segments no other capture uses. The writer connection runs with
-``secure_delete = ON``, so freed space is zeroed; ``finish_delete`` then rewrites the full-text
-index without the deleted rows and checkpoints the WAL with TRUNCATE, after which the deleted
-text is in neither file.
+``secure_delete = ON``, so freed space is zeroed; the store then rewrites the touched full-text
+index partitions without the deleted rows (``optimize_partition``) and checkpoints the WAL with
+TRUNCATE (``checkpoint_truncate``), after which the deleted text is in neither file.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
 
 
 def matching_ids(conn: sqlite3.Connection, where: CaptureFilter) -> list[str]:
-    sql, params = select_sql(where, columns="c.id")
+    sql, params = select_sql(where, columns="c.id", search_parts=_sqlite_search.partitions(conn))
     return [row[0] for row in run_query(conn, sql, params)]
 
 
@@ -130,18 +130,21 @@ def update_where(conn: sqlite3.Connection, where: CaptureFilter, patch: CaptureP
 # -- deletes ------------------------------------------------------------------------------------
 
 
-def _delete_chunk(conn: sqlite3.Connection, ids: Sequence[str]) -> int:
+def _delete_chunk(conn: sqlite3.Connection, ids: Sequence[str]) -> tuple[int, set[int]]:
     columns = ", ".join(f"c.{name}" for name in READ_COLUMNS)
     rows = conn.execute(
         f"SELECT {columns} FROM captures c WHERE c.id IN ({_marks(ids)})", list(ids)
     ).fetchall()
     if not rows:
-        return 0
+        return 0, set()
     stored = decode_rows(conn, rows)
     refs: Counter[bytes] = Counter()
+    touched: set[int] = set()
     for row, capture in zip(rows, stored, strict=True):
         values = dict(zip(READ_COLUMNS, row, strict=True))
-        _sqlite_search.forget(conn, values["seq"], capture.record)
+        part = _sqlite_search.forget(conn, values["seq"], capture.record)
+        if part is not None:
+            touched.add(part)
         refs.update(manifest_digests(request_manifest(values)))
     if refs:
         conn.executemany(
@@ -153,20 +156,22 @@ def _delete_chunk(conn: sqlite3.Connection, ids: Sequence[str]) -> int:
     found = [row[0] for row in rows]  # seq
     conn.execute(f"DELETE FROM capture_tags WHERE seq IN ({_marks(found)})", found)
     conn.execute(f"DELETE FROM captures WHERE seq IN ({_marks(found)})", found)
-    return len(found)
+    return len(found), touched
 
 
-def delete_chunk(conn: sqlite3.Connection, ids: Sequence[str]) -> int:
-    """Hard delete up to ``DELETE_CHUNK`` captures in one transaction (see ``finish_delete``)."""
+def delete_chunk(conn: sqlite3.Connection, ids: Sequence[str]) -> tuple[int, set[int]]:
+    """Hard delete up to ``DELETE_CHUNK`` captures in one transaction.
+
+    Returns the number deleted and the index partitions to optimize.
+    """
     with _transaction(conn):
         return _delete_chunk(conn, ids)
 
 
-def finish_delete(conn: sqlite3.Connection) -> None:
-    """Drop deleted rows from the full-text index's pages and empty the WAL."""
+def optimize_partition(conn: sqlite3.Connection, part: int) -> None:
+    """Rewrite one index partition without its deleted rows (after ``delete_chunk``)."""
     with _transaction(conn):
-        _sqlite_search.optimize(conn)
-    checkpoint_truncate(conn)
+        _sqlite_search.optimize(conn, [part])
 
 
 def checkpoint_truncate(conn: sqlite3.Connection) -> bool:

@@ -11,7 +11,8 @@ take a request that took long), so the indexes hand out rows already sorted:
 
 * a tag filter drives from ``capture_tags_key_value`` (key, value, seq): the page is the next
   ``limit`` entries of that index, without touching other captures;
-* a full-text search drives from ``captures_fts`` in rowid (= seq) order, stopping at a page;
+* a full-text search drives from the index partitions (``storage._sqlite_search``) newest
+  first, each in rowid (= seq) order, stopping when a page is full;
 * a model filter walks ``captures_model`` (model, seq); anything else walks captures by seq,
   newest first, testing each row.
 
@@ -28,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from storage import _sqlite_search
 from storage._blobs import decompress, manifest_digests
 from storage._rows import CAPTURE_COLUMNS, decode_capture, request_manifest
 from storage.errors import StoreError
@@ -67,16 +69,23 @@ def select_sql(
     after: str | None = None,
     order: Order = "desc",
     limit: int | None = None,
+    search_part: int | None = None,
+    search_parts: Sequence[int] = (),
 ) -> tuple[str, list[Any]]:
-    """``SELECT columns`` of captures ``c`` matching ``where``, ordered by id."""
+    """``SELECT columns`` of captures ``c`` matching ``where``, ordered by ``seq``.
+
+    A search drives from the partition ``search_part`` when given (a page); otherwise it is a
+    condition over every partition in ``search_parts`` (bulk edits, stats).
+    """
     conditions: list[str] = []
     params: list[Any] = []
     tags = where.tags
-    if where.search is not None:
-        source = "captures_fts CROSS JOIN captures c ON c.seq = captures_fts.rowid"
-        conditions.append("captures_fts MATCH ?")
+    if where.search is not None and search_part is not None:
+        fts = _sqlite_search.table(search_part)
+        source = f"{fts} CROSS JOIN captures c ON c.seq = {fts}.rowid"
+        conditions.append(f"{fts} MATCH ?")
         params.append(fts_query(where.search))
-        key = "captures_fts.rowid"
+        key = f"{fts}.rowid"
     elif tags:
         source = "capture_tags t0 CROSS JOIN captures c ON c.seq = t0.seq"
         conditions += ["t0.key = ?", "t0.value = ?"]
@@ -84,6 +93,14 @@ def select_sql(
         key, tags = "t0.seq", tags[1:]
     else:
         source, key = "captures c", "c.seq"
+    if where.search is not None and search_part is None:
+        matches = [
+            f"SELECT rowid FROM {_sqlite_search.table(part)} WHERE {_sqlite_search.table(part)}"
+            " MATCH ?"
+            for part in search_parts
+        ]
+        conditions.append(f"c.seq IN ({' UNION ALL '.join(matches)})" if matches else "0")
+        params += [fts_query(where.search)] * len(matches)
     for tag_key, tag_value in tags:
         conditions.append(
             "EXISTS (SELECT 1 FROM capture_tags t WHERE t.seq = c.seq"
@@ -223,9 +240,34 @@ def list_page(
         and conn.execute("SELECT 1 FROM captures WHERE id = ?", (after,)).fetchone() is None
     ):
         raise QueryError(f"after: no capture with id {after!r:.80}", param="after")
-    sql, params = select_sql(where, after=after, order=order, limit=limit + 1)
-    rows = run_query(conn, sql, params)
+    if where.search is None:
+        sql, params = select_sql(where, after=after, order=order, limit=limit + 1)
+        rows = run_query(conn, sql, params)
+    else:
+        rows = _search_page(conn, where, after, limit + 1, order)
     return decode_rows(conn, rows[:limit]), len(rows) > limit
+
+
+def _search_page(
+    conn: sqlite3.Connection, where: CaptureFilter, after: str | None, wanted: int, order: Order
+) -> list[Any]:
+    """Up to ``wanted`` rows, partition by partition in page order."""
+    parts = _sqlite_search.partitions(conn)
+    if order == "desc":
+        parts.reverse()
+    if after is not None:
+        row = conn.execute("SELECT seq FROM captures WHERE id = ?", (after,)).fetchone()
+        edge = _sqlite_search.partition_of(row[0])
+        parts = [p for p in parts if (p <= edge if order == "desc" else p >= edge)]
+    rows: list[Any] = []
+    for part in parts:
+        sql, params = select_sql(
+            where, after=after, order=order, limit=wanted - len(rows), search_part=part
+        )
+        rows += run_query(conn, sql, params)
+        if len(rows) >= wanted:
+            break
+    return rows
 
 
 def get_one(
@@ -278,7 +320,7 @@ def chain(
 
 def stats_rows(conn: sqlite3.Connection, where: CaptureFilter) -> dict[str, Any]:
     """Aggregates over the captures matching ``where``."""
-    base, params = select_sql(where, columns="c.seq")
+    base, params = select_sql(where, columns="c.seq", search_parts=_sqlite_search.partitions(conn))
     matched = f"SELECT * FROM captures WHERE seq IN ({base})" if not where.is_empty() else None
     source = f"({matched})" if matched else "captures"
     p = params if matched else []

@@ -1,26 +1,54 @@
-"""Keeping ``captures_fts`` (contentless FTS5, rowid = ``captures.seq``) in step (private).
+"""The full-text index: contentless FTS5 tables, one per 65,536 captures (private).
+
+Each capture's prompt and answer text (``storage._search.search_text``) is indexed in
+``captures_fts_<part>`` with rowid = ``captures.seq`` and ``part = seq >> PARTITION_BITS``;
+``search_partitions`` lists the parts that exist. Why partitions: FTS5 in SQLite 3.40 forgets a
+deleted row's terms only when ``optimize`` rewrites the whole index, which takes seconds for a
+million captures; rewriting one partition takes a fraction of a second. Search pages walk the
+partitions newest first and stop when a page is full, so they cost no more than one index.
 
 Contentless means the index holds tokens, not text, and forgets a row only when given the row's
 text again: deletes recompute it with ``search_text`` from the stored record. After a hard
-delete, ``optimize`` rewrites the index into one segment without the deleted rows, so with
+delete ``optimize`` rewrites the touched partitions without the deleted rows, so with
 ``secure_delete`` their terms leave the file too.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 
 from storage._search import search_text
 from storage.models import CaptureRecord
 
-_INDEX = (
-    "INSERT INTO captures_fts (rowid, prompt, answer) SELECT seq, ?, ? FROM captures WHERE id = ?"
-)
-_FORGET = (
-    "INSERT INTO captures_fts (captures_fts, rowid, prompt, answer) VALUES ('delete', ?, ?, ?)"
-)
+PARTITION_BITS = 16
+_MAX_PARAMS = 500
 _INDEX_ALL_CHUNK = 500
+
+
+def partition_of(seq: int) -> int:
+    return seq >> PARTITION_BITS
+
+
+def table(part: int) -> str:
+    return f"captures_fts_{int(part)}"
+
+
+def partitions(conn: sqlite3.Connection) -> list[int]:
+    """The partitions that exist, oldest first."""
+    return [row[0] for row in conn.execute("SELECT part FROM search_partitions ORDER BY part")]
+
+
+def _ensure(conn: sqlite3.Connection, parts: Iterable[int]) -> None:
+    for part in parts:
+        if conn.execute(
+            "INSERT OR IGNORE INTO search_partitions (part) VALUES (?)", (part,)
+        ).rowcount:
+            conn.execute(
+                f"CREATE VIRTUAL TABLE {table(part)} USING fts5 (prompt, answer, content = '',"
+                " tokenize = 'unicode61 remove_diacritics 2')"
+            )
 
 
 def texts(record: CaptureRecord) -> tuple[str, str]:
@@ -28,25 +56,50 @@ def texts(record: CaptureRecord) -> tuple[str, str]:
 
 
 def index_records(conn: sqlite3.Connection, records: Sequence[CaptureRecord]) -> None:
-    """Index captures just inserted (by id; ids not in ``captures`` are skipped)."""
-    rows = []
+    """Index captures just inserted, in the caller's transaction (unknown ids are skipped)."""
+    wanted: dict[str, tuple[str, str]] = {}
     for record in records:
         prompt, answer = texts(record)
         if prompt or answer:
-            rows.append((prompt, answer, record.id))
-    if rows:
-        conn.executemany(_INDEX, rows)
+            wanted[record.id] = (prompt, answer)
+    if not wanted:
+        return
+    ids = list(wanted)
+    by_part: dict[int, list[tuple[int, str, str]]] = defaultdict(list)
+    for start in range(0, len(ids), _MAX_PARAMS):
+        chunk = ids[start : start + _MAX_PARAMS]
+        marks = ", ".join("?" for _ in chunk)
+        for capture_id, seq in conn.execute(
+            f"SELECT id, seq FROM captures WHERE id IN ({marks})", chunk
+        ):
+            by_part[partition_of(seq)].append((seq, *wanted[capture_id]))
+    _ensure(conn, sorted(by_part))
+    for part, rows in by_part.items():
+        conn.executemany(
+            f"INSERT INTO {table(part)} (rowid, prompt, answer) VALUES (?, ?, ?)", rows
+        )
 
 
-def forget(conn: sqlite3.Connection, seq: int, record: CaptureRecord) -> None:
+def forget(conn: sqlite3.Connection, seq: int, record: CaptureRecord) -> int | None:
+    """Remove a capture from its partition; the partition touched (None if it had no text)."""
     prompt, answer = texts(record)
-    if prompt or answer:
-        conn.execute(_FORGET, (seq, prompt, answer))
+    if not (prompt or answer):
+        return None
+    part = partition_of(seq)
+    name = table(part)
+    conn.execute(
+        f"INSERT INTO {name} ({name}, rowid, prompt, answer) VALUES ('delete', ?, ?, ?)",
+        (seq, prompt, answer),
+    )
+    return part
 
 
-def optimize(conn: sqlite3.Connection) -> None:
-    """Merge the index into one segment, dropping deleted rows' entries for good."""
-    conn.execute("INSERT INTO captures_fts (captures_fts) VALUES ('optimize')")
+def optimize(conn: sqlite3.Connection, parts: Iterable[int]) -> None:
+    """Rewrite each partition's index without its deleted rows."""
+    existing = set(partitions(conn))
+    for part in sorted(set(parts) & existing):
+        name = table(part)
+        conn.execute(f"INSERT INTO {name} ({name}) VALUES ('optimize')")
 
 
 def index_all(conn: sqlite3.Connection) -> None:

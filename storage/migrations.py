@@ -145,9 +145,10 @@ def m003_curation_search(conn: sqlite3.Connection) -> None:
     ``capture_tags`` now refers to captures by ``seq``.
     Curation: ``feedback_score`` (-1 … 1) and ``feedback_note``, ``excluded`` (keep out of
     training), ``corrected_response`` (JSON text export prefers over the teacher's answer),
-    ``curated_at``. ``captures_fts``: a contentless FTS5 index (rowid = ``captures.seq``) of each
-    capture's prompt and answer text as ``storage._search.search_text`` extracts it;
-    contentless, so the text is not stored twice. Existing captures are indexed here.
+    ``curated_at``. The full-text index of each capture's prompt and answer text
+    (``storage._search.search_text``): contentless FTS5 tables ``captures_fts_<part>``, one per
+    65,536 captures, created as needed and listed in ``search_partitions`` (see
+    ``storage._sqlite_search``). Existing captures are indexed here.
     """
     columns = [row[1] for row in conn.execute("PRAGMA table_info(captures)")]
     names = ", ".join(columns)
@@ -218,9 +219,7 @@ def m003_curation_search(conn: sqlite3.Connection) -> None:
             WHERE response_id IS NOT NULL;
         CREATE INDEX captures_previous_response_id ON captures (previous_response_id)
             WHERE previous_response_id IS NOT NULL;
-        CREATE VIRTUAL TABLE captures_fts USING fts5 (
-            prompt, answer, content = '', tokenize = 'unicode61 remove_diacritics 2'
-        );
+        CREATE TABLE search_partitions (part INTEGER PRIMARY KEY);
         """,
     )
     from storage._sqlite_search import index_all

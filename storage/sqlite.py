@@ -400,11 +400,17 @@ class SQLiteStore:
     async def _delete(self, ids: Sequence[str]) -> int:
         # A transaction per chunk, so captures keep being written during a long purge.
         deleted = 0
+        touched: set[int] = set()
         for start in range(0, len(ids), _sqlite_edit.DELETE_CHUNK):
             chunk = ids[start : start + _sqlite_edit.DELETE_CHUNK]
-            deleted += await self._write(_sqlite_edit.delete_chunk, chunk)
+            count, parts = await self._write(_sqlite_edit.delete_chunk, chunk)
+            deleted += count
+            touched |= parts
+        # Then the deleted rows leave the index pages (a partition per turn) and the WAL.
+        for part in sorted(touched):
+            await self._write(_sqlite_edit.optimize_partition, part)
         if deleted:
-            await self._write(_sqlite_edit.finish_delete)
+            await self._write(_sqlite_edit.checkpoint_truncate)
         return deleted
 
     async def stats(self, where: CaptureFilter | None = None) -> Stats:

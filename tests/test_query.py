@@ -395,3 +395,36 @@ def test_search_text_indexes_the_new_turn_and_the_answer() -> None:
         "c",
     )
     assert search_text("chat/completions", b"not json", None) == ("", "")
+
+
+async def test_search_across_index_partitions(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from storage import _sqlite_search
+
+    monkeypatch.setattr(_sqlite_search, "PARTITION_BITS", 2)  # 4 captures per partition
+    records = [chat(f"q{i} needle" if i % 3 else f"q{i}", f"a{i}") for i in range(14)]
+    for record in records:  # one batch each: seq follows the list
+        await store.write_batch([record])
+    with_needle = [r.id for i, r in enumerate(records) if i % 3]
+    for order in ("desc", "asc"):
+        seen: list[str] = []
+        after = None
+        while True:
+            page = await store.list_captures(
+                CaptureFilter(search="needle"), after=after, limit=3, order=order
+            )
+            seen += [item.record.id for item in page.items]
+            if not page.has_more:
+                break
+            after = page.last_id
+        assert seen == (with_needle[::-1] if order == "desc" else with_needle)
+    stats = await store.stats(CaptureFilter(search="needle"))
+    assert stats.captures == len(with_needle)
+    victim = records[5]
+    assert await store.delete_capture(victim.id)
+    page = await store.list_captures(CaptureFilter(search="needle"), limit=100)
+    assert victim.id not in {item.record.id for item in page.items}
+    assert len(page.items) == len(with_needle) - 1
+    assert await store.delete_where(CaptureFilter(search="needle")) == len(with_needle) - 1
+    assert await store.count() == 14 - len(with_needle)
