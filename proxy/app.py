@@ -23,6 +23,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from proxy.admin.api import create_admin_app
+from proxy.admin.auth import is_admin_path
+from proxy.admin.stored_completions import LIST_PATH as STORED_COMPLETIONS_PATH
+from proxy.admin.stored_completions import StoredCompletions, match_route
 from proxy.capture import (
     SCOPE_CAPTURE,
     SCOPE_PREFIX_ERROR,
@@ -35,6 +39,7 @@ from proxy.errors import InvalidRequest, RouteNotFound
 from proxy.forward import Forwarder, RelayConfig
 from proxy.http1 import Http1Pool, Http1Transport
 from proxy.metrics import CaptureMetrics, ProxyMetrics
+from proxy.retention import Retention
 from proxy.settings import Settings
 from proxy.tags import parse_capture_switch, parse_tags, split_prefix
 from proxy.types import Receive, Scope, Send
@@ -57,6 +62,8 @@ class AppState:
     store: Store
     writer: CaptureWriter
     draining: bool = False
+    retention: Retention | None = None  # None: captures are kept forever
+    stored_completions: StoredCompletions | None = None  # None: forwarded (upstream mode)
 
 
 class StillroomApp:
@@ -76,6 +83,12 @@ class StillroomApp:
             ],
             exception_handlers={404: self._not_found, 405: self._not_found},
         )
+        # The admin API exists only with a token; without one /admin is an unknown path (404).
+        self._admin = (
+            create_admin_app(settings.admin_token, lambda: self.state.store if self.state else None)
+            if settings.admin_token is not None
+            else None
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -84,7 +97,18 @@ class StillroomApp:
                 scope = _strip_tag_prefix(scope)
                 path = scope["path"]
             if path.startswith("/v1/") and self.state is not None:
+                stored = self.state.stored_completions
+                if (
+                    stored is not None
+                    and path.startswith(STORED_COMPLETIONS_PATH)
+                    and match_route(scope["method"], path) is not None
+                ):
+                    await stored(scope, receive, send)
+                    return
                 await self.state.forwarder(scope, receive, send)
+                return
+            if self._admin is not None and is_admin_path(path):
+                await self._admin(scope, receive, send)
                 return
             await self._site(scope, receive, send)
         elif scope["type"] == "lifespan":
@@ -158,6 +182,15 @@ class StillroomApp:
         )
         forwarder = Forwarder(relay, pool, self.metrics, policy)
         self.state = AppState(client=client, forwarder=forwarder, store=store, writer=writer)
+        if s.stored_completions == "local":
+            self.state.stored_completions = StoredCompletions(
+                store,
+                fingerprint_secret=secret,
+                admin_token=s.admin_token.reveal() if s.admin_token else None,
+            )
+        if s.retention_days is not None:
+            self.state.retention = Retention(store, days=s.retention_days)
+            self.state.retention.start()
         logger.info("forwarding /v1 to %s; capture %s", s.upstream, "on" if s.capture else "off")
 
     async def shutdown(self) -> None:
@@ -167,6 +200,8 @@ class StillroomApp:
         # uvicorn has already waited out the drain window and cancelled what was left; let the
         # cancelled relays finish their bookkeeping (their captures are queued in `finally`)
         # before the writer drains and the client goes away under them.
+        if state.retention is not None:
+            await state.retention.stop()
         await _wait_until(lambda: state.forwarder.active == 0, timeout=5.0)
         await state.writer.stop(deadline_s=_WRITER_DRAIN_SECONDS)
         lost = state.writer.dropped_total.get("shutdown", 0)

@@ -236,5 +236,15 @@ def status(database: str | None, as_json: bool) -> None:
         sys.exit(1)
 
 
+def _add_commands() -> None:
+    from proxy.cli_captures import captures, stats
+
+    cli.add_command(captures)
+    cli.add_command(stats)
+
+
+_add_commands()
+
+
 def main() -> None:
     cli(prog_name="stillroom")

@@ -11,7 +11,11 @@ Hierarchy::
     ├── ProxyBusy                   request bodies held over the global budget   → 503
     ├── RequestTooLarge             body over STILLROOM_MAX_REQUEST_BYTES        → 413
     ├── InvalidRequest              malformed request the proxy will not forward → 400
-    └── RouteNotFound               a path the proxy does not serve              → 404
+    ├── RouteNotFound               a path the proxy does not serve              → 404
+    ├── AdminAuthError              admin route without the admin bearer token   → 401
+    ├── MethodNotAllowed            a served path, but not with this method      → 405
+    ├── UnprocessableRequest        well-formed but refused (unscoped bulk edit) → 422
+    └── StoreNotReady               the store failed or is not open              → 503
 
 Upstream 4xx/5xx answers are *not* exceptions: they pass through byte for byte. Every error the
 proxy raises is answered with OpenAI's envelope ``{"error": {"message", "type", "param",
@@ -84,6 +88,30 @@ class RouteNotFound(ProxyError):
     status_code = 404
     error_type = "invalid_request_error"
     code = "not_found"
+
+
+class AdminAuthError(ProxyError):
+    status_code = 401
+    error_type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class MethodNotAllowed(ProxyError):
+    status_code = 405
+    error_type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class UnprocessableRequest(ProxyError):
+    status_code = 422
+    error_type = "invalid_request_error"
+    code = "unprocessable_request"
+
+
+class StoreNotReady(ProxyError):
+    status_code = 503
+    error_type = "server_error"
+    code = "store_unavailable"
 
 
 def error_body(message: str, error_type: str, code: str | None, param: str | None = None) -> bytes:

@@ -79,8 +79,12 @@ def segment_hash(segment: bytes) -> bytes:
     return hashlib.blake2b(segment, digest_size=HASH_SIZE).digest()
 
 
+_BLOB_TAG = bytes((_PART_BLOB,))
+_INLINE_TAG = bytes((_PART_INLINE,))
+
+
 def _inline(part: bytes) -> bytes:
-    return bytes((_PART_INLINE,)) + len(part).to_bytes(4, "big") + part
+    return _INLINE_TAG + len(part).to_bytes(4, "big") + part
 
 
 def build_manifest(body: bytes, blobs: dict[bytes, bytes]) -> tuple[bytes, list[bytes]]:
@@ -99,7 +103,8 @@ def build_manifest(body: bytes, blobs: dict[bytes, bytes]) -> tuple[bytes, list[
             digest = segment_hash(segment)
             blobs.setdefault(digest, segment)
             digests.append(digest)
-            manifest += bytes((_PART_BLOB,)) + digest
+            manifest += _BLOB_TAG
+            manifest += digest
             inline_from = at + len(segment)
         at += len(segment)
     if at > inline_from:

@@ -24,7 +24,9 @@ from storage._rows import request_manifest
 from storage._sqlite_read import (
     MAX_PARAMS,
     READ_COLUMNS,
+    check_fts_query,
     decode_rows,
+    fts_query,
     get_one,
     run_query,
     select_sql,
@@ -49,6 +51,8 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
 
 
 def matching_ids(conn: sqlite3.Connection, where: CaptureFilter) -> list[str]:
+    if where.search is not None:
+        check_fts_query(fts_query(where.search))
     sql, params = select_sql(where, columns="c.id", search_parts=_sqlite_search.partitions(conn))
     return [row[0] for row in run_query(conn, sql, params)]
 

@@ -22,6 +22,7 @@ The ``after`` cursor is a capture id; it stands for that capture's ``seq``.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import zlib
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -248,10 +249,25 @@ def list_page(
     return decode_rows(conn, rows[:limit]), len(rows) > limit
 
 
+_syntax_check: sqlite3.Connection | None = None
+_syntax_lock = threading.Lock()
+
+
+def check_fts_query(query: str) -> None:
+    """Raise ``QueryError`` if FTS5 cannot parse ``query`` (even when no partition exists)."""
+    global _syntax_check
+    with _syntax_lock:
+        if _syntax_check is None:
+            _syntax_check = sqlite3.connect(":memory:", check_same_thread=False)
+            _syntax_check.execute("CREATE VIRTUAL TABLE t USING fts5 (prompt, answer)")
+        run_query(_syntax_check, "SELECT rowid FROM t WHERE t MATCH ?", [query])
+
+
 def _search_page(
     conn: sqlite3.Connection, where: CaptureFilter, after: str | None, wanted: int, order: Order
 ) -> list[Any]:
     """Up to ``wanted`` rows, partition by partition in page order."""
+    check_fts_query(fts_query(where.search or ""))
     parts = _sqlite_search.partitions(conn)
     if order == "desc":
         parts.reverse()

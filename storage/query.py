@@ -204,7 +204,7 @@ _REPEATABLE = {"tag"}
 
 def is_capture_id(value: str) -> bool:
     """A well-formed capture id (lowercase UUIDv7 text)."""
-    return bool(_ID_RE.match(value))
+    return bool(_ID_RE.fullmatch(value))
 
 
 def check_capture_id(value: str, param: str = "id") -> str:
@@ -254,7 +254,7 @@ def parse_tag(raw: str, param: str = "tag") -> tuple[str, str]:
 
 
 def check_tag(key: str, value: str, param: str = "tags") -> None:
-    if not isinstance(key, str) or not _TAG_KEY_RE.match(key):
+    if not isinstance(key, str) or not _TAG_KEY_RE.fullmatch(key):
         raise QueryError(
             f"tag key {key!r:.80} must be 1-{MAX_TAG_KEY} letters, digits or _ . : - /",
             param=param,
@@ -314,7 +314,7 @@ def _parse_one(name: str, raw: str) -> Any:
             raise QueryError(f"outcome must be one of {', '.join(OUTCOMES)}", param=name)
         return raw
     if name == "status":
-        if not raw.isdigit() or not 100 <= int(raw) <= 599:
+        if not (raw.isascii() and raw.isdigit()) or not 100 <= int(raw) <= 599:
             raise QueryError(f"status must be an HTTP status 100-599, got {raw!r:.80}", param=name)
         return int(raw)
     if name in ("since", "until"):
@@ -336,7 +336,7 @@ def _parse_one(name: str, raw: str) -> Any:
 def parse_limit(raw: str | None, *, default: int = DEFAULT_PAGE, maximum: int = MAX_PAGE) -> int:
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
         raise QueryError(f"limit must be an integer 1-{maximum}, got {raw!r:.80}", param="limit")
     return int(raw)
 

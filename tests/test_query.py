@@ -40,7 +40,11 @@ def chat(text: str, answer: str, **overrides: Any) -> Any:
         "created": 1_700_000_000,
         "model": "gpt-4o-mini-2024-07-18",
         "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer},
+                "finish_reason": "stop",
+            }
         ],
     }
     fields: dict[str, Any] = {
@@ -428,3 +432,22 @@ async def test_search_across_index_partitions(
     assert len(page.items) == len(with_needle) - 1
     assert await store.delete_where(CaptureFilter(search="needle")) == len(with_needle) - 1
     assert await store.count() == 14 - len(with_needle)
+
+
+async def test_search_syntax_error_on_an_empty_store(store: SQLiteStore) -> None:
+    with pytest.raises(QueryError):
+        await store.list_captures(CaptureFilter(search='"unbalanced'))
+    with pytest.raises(QueryError):
+        await store.delete_where(CaptureFilter(search='"unbalanced'))
+
+
+def test_ids_tags_and_numbers_must_match_whole_values() -> None:
+    from storage.query import is_capture_id, parse_limit
+
+    assert not is_capture_id("01a2212e-b077-71cb-8513-2341d4547c53\n")
+    with pytest.raises(QueryError):
+        parse_patch({"add_tags": {"k\n": "v"}})
+    with pytest.raises(QueryError):
+        parse_limit("²")
+    with pytest.raises(QueryError):
+        parse_filter({"status": ["²⁰⁰"]})
