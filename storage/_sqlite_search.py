@@ -1,6 +1,6 @@
 """The full-text index: contentless FTS5 tables, one per 65,536 captures (private).
 
-Each capture's prompt and answer text (``storage._search.search_text``) is indexed in
+Each capture's prompt and answer text (``storage.text.search_text``) is indexed in
 ``captures_fts_<part>`` with rowid = ``captures.seq`` and ``part = seq >> PARTITION_BITS``;
 ``search_partitions`` lists the parts that exist. Why partitions: FTS5 in SQLite 3.40 forgets a
 deleted row's terms only when ``optimize`` rewrites the whole index, which takes seconds for a
@@ -19,8 +19,8 @@ import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
-from storage._search import search_text
 from storage.models import CaptureRecord
+from storage.text import search_text
 
 PARTITION_BITS = 16
 _MAX_PARAMS = 500

@@ -146,7 +146,7 @@ def m003_curation_search(conn: sqlite3.Connection) -> None:
     Curation: ``feedback_score`` (-1 … 1) and ``feedback_note``, ``excluded`` (keep out of
     training), ``corrected_response`` (JSON text export prefers over the teacher's answer),
     ``curated_at``. The full-text index of each capture's prompt and answer text
-    (``storage._search.search_text``): contentless FTS5 tables ``captures_fts_<part>``, one per
+    (``storage.text.search_text``): contentless FTS5 tables ``captures_fts_<part>``, one per
     65,536 captures, created as needed and listed in ``search_partitions`` (see
     ``storage._sqlite_search``). Existing captures are indexed here.
     """

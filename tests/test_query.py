@@ -362,7 +362,7 @@ def test_parse_patch_refuses_bad_input() -> None:
 
 
 def test_search_text_indexes_the_new_turn_and_the_answer() -> None:
-    from storage._search import search_text
+    from storage.text import search_text
 
     body = json.dumps(
         {

@@ -76,6 +76,7 @@ def component_schemas() -> dict[str, Any]:
         "response_bytes": {"type": "integer", "minimum": 0},
         "response_truncated": {"type": "boolean"},
         "curation": ref("Curation"),
+        "preview": {"type": "string", "maxLength": 160},
     }
     detail = {
         **summary,

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from storage.query import Conversation, Curation, StoredCapture
+from storage.text import search_text
 
 PREVIEW_CHARS = 160
 
@@ -55,6 +56,7 @@ def capture_json(stored: StoredCapture, *, detail: bool = False) -> dict[str, An
         "response_bytes": len(r.response_body),
         "response_truncated": r.response_truncated,
         "curation": curation_json(stored.curation),
+        "preview": preview(stored),
     }
     if detail:
         out["request"] = _body_json(r.request_body, "request")
@@ -62,6 +64,14 @@ def capture_json(stored: StoredCapture, *, detail: bool = False) -> dict[str, An
         out["response_body"] = _body_json(r.response_body, "response")
         out["response"] = r.response
     return out
+
+
+def preview(stored: StoredCapture) -> str:
+    """What a list row shows: the start of this call's new prompt text, else of the answer."""
+    r = stored.record
+    prompt, answer = search_text(r.endpoint, r.request_body, r.response)
+    text = " ".join((prompt or answer).split())
+    return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1] + "…"
 
 
 def curation_json(curation: Curation) -> dict[str, Any]:

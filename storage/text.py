@@ -1,4 +1,4 @@
-"""The text a capture contributes to the full-text index (private to the SQL stores).
+"""The text of a capture: what the full-text index holds and what a list row previews.
 
 ``search_text(endpoint, request_body, response)`` returns ``(prompt, answer)``:
 
