@@ -45,14 +45,23 @@ def key_fingerprint(secret: bytes, key: str) -> str:
 
 
 def _credential(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The credential of the first ``authorization`` or ``api-key`` header, if any."""
     for name, value in headers:
-        if name == b"authorization":
-            text = value.decode("latin-1").strip()
-            scheme, _, token = text.partition(" ")
-            return token.strip() if scheme.lower() == "bearer" and token.strip() else text
-        if name == b"api-key":
-            return value.decode("latin-1").strip()
+        if name == b"authorization" or name == b"api-key":
+            return _credential_value(name, value)
     return None
+
+
+def _credential_value(name: bytes, value: bytes) -> str:
+    """The credential an ``authorization`` or ``api-key`` header carries (may be empty)."""
+    text = value.decode("latin-1").strip()
+    if name == b"api-key":
+        return text
+    scheme, _, token = text.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else text
+
+
+FINGERPRINT_CACHE_SIZE = 1024  # distinct credential headers remembered, oldest forgotten first
 
 
 class CaptureDrops:
@@ -100,6 +109,23 @@ class CapturePolicy:
         self._secret = fingerprint_secret
         self._drops = drops
         self._enabled = enabled
+        # (header name, raw value) -> fingerprint: the HMAC costs more than the rest of the
+        # policy. In memory only, like the request's own headers; never logged or persisted.
+        self._fingerprints: dict[tuple[bytes, bytes], str | None] = {}
+
+    def _fingerprint(self, name: bytes, value: bytes) -> str | None:
+        cache = self._fingerprints
+        header = (name, value)
+        try:
+            return cache[header]
+        except KeyError:
+            pass
+        credential = _credential_value(name, value)
+        fingerprint = key_fingerprint(self._secret, credential) if credential else None
+        if len(cache) >= FINGERPRINT_CACHE_SIZE:
+            del cache[next(iter(cache))]
+        cache[header] = fingerprint
+        return fingerprint
 
     def __call__(
         self, scope: Scope, body: bytes, stillroom_headers: dict[bytes, bytes]
@@ -128,12 +154,15 @@ class CapturePolicy:
         prefix_tags: dict[str, str] | None = scope.get(SCOPE_TAGS)
         if prefix_tags:
             tags = {**prefix_tags, **tags}
-        client_headers = scope["headers"]
-        credential = _credential(client_headers)
+        fingerprint: str | None = None
+        credential_seen = False
         retry: int | None = None
-        for name, value in client_headers:
+        for name, value in scope["headers"]:
             if name == b"x-stainless-retry-count":
                 retry = int(value) if value.isdigit() else None
+            elif not credential_seen and (name == b"authorization" or name == b"api-key"):
+                credential_seen = True  # the first of the two headers decides, as in _credential
+                fingerprint = self._fingerprint(name, value)
         return CaptureTee(
             self,
             endpoint=endpoint,
@@ -142,7 +171,7 @@ class CapturePolicy:
             body=body,
             tags=tags,
             retry_count=retry,
-            fingerprint=key_fingerprint(self._secret, credential) if credential else None,
+            fingerprint=fingerprint,
         )
 
     def finish(self, copy: ExchangeCopy) -> None:

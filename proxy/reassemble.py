@@ -153,12 +153,17 @@ def extract_usage(endpoint: str, obj: JSONObject | None) -> Usage:
     usage = obj.get("usage") if isinstance(obj, dict) else None
     if not isinstance(usage, dict):
         return Usage()
-    namings = (_RESPONSES_USAGE, _CHAT_USAGE)
-    if _endpoint_key(endpoint) != "responses":
-        namings = (_CHAT_USAGE, _RESPONSES_USAGE)
-    input_name, output_name, input_details, output_details = next(
-        (names for names in namings if names[0] in usage or names[1] in usage), namings[0]
-    )
+    first, second = _CHAT_USAGE, _RESPONSES_USAGE
+    if endpoint == "responses" or _endpoint_key(endpoint) == "responses":
+        first, second = second, first
+    names = first  # the naming the counts use; the endpoint's own when neither is there
+    if (
+        first[0] not in usage
+        and first[1] not in usage
+        and (second[0] in usage or second[1] in usage)
+    ):
+        names = second
+    input_name, output_name, input_details, output_details = names
     input_tokens = _count(usage.get(input_name))
     output_tokens = _count(usage.get(output_name))
     total_tokens = _count(usage.get("total_tokens"))
@@ -260,6 +265,22 @@ def _fold_choices(
             top.update((key, value) for key, value in chunk.items() if value is not None)
         else:
             top.update(chunk)  # the latest non-null value wins
+    return _finish_fold(
+        top, choices, error, done, parse_errors, object_name, normalize_choice, is_chat
+    )
+
+
+def _finish_fold(
+    top: JSONObject,
+    choices: dict[int, _Choice],
+    error: JSONObject | None,
+    done: bool,
+    parse_errors: int,
+    object_name: str,
+    normalize_choice: _Normalizer,
+    is_chat: bool,
+) -> ReassemblyResult:
+    """The result of a fold: ``top`` (latest top-level values) and the folded ``choices``."""
     for key in ("choices", "object", "obfuscation"):
         top.pop(key, None)
     if not top and not choices:

@@ -17,7 +17,7 @@ from proxy.reassemble import ENDPOINTS, extract_usage
 from proxy.tags import metadata_tags
 from proxy.transcript import reassemble_transcript
 from proxy.types import JSONObject
-from storage.models import CaptureRecord, Outcome, Usage
+from storage.models import CaptureRecord, Outcome, ParsedBody, Usage
 
 MAX_DECODED_BYTES = 64 * 1024 * 1024  # a compressed capture never inflates past this
 
@@ -99,7 +99,11 @@ def _response_object(copy: ExchangeCopy) -> tuple[JSONObject | None, Outcome, st
             outcome, error = "upstream_error", f"error in stream: {message or 'unknown'}"
         return result.response, outcome, error
     parsed = _loads(body)
-    return (parsed if isinstance(parsed, dict) else None), outcome, error
+    if not isinstance(parsed, dict):
+        return None, outcome, error
+    if body is copy.response_body:  # the stored body parses to this very object: say so
+        parsed = ParsedBody(parsed)
+    return parsed, outcome, error
 
 
 def _decoded(body: bytes, encoding: str | None) -> bytes | None:

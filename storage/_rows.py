@@ -15,25 +15,12 @@ from typing import Any, cast
 import orjson
 
 from storage._blobs import build_manifest, compress, decompress, rebuild_body
-from storage.models import CaptureRecord, Outcome, Usage
+from storage.models import CaptureRecord, Outcome, ParsedBody, Usage
 
 JSON_RAW = 0
 JSON_DEFLATE = 1
 JSON_FROM_BODY = 2  # the reassembled object equals the parsed response body: not stored twice
 JSON_STDLIB = 3  # written by the standard library (values orjson cannot encode exactly)
-
-
-class ParsedBody(dict[str, Any]):
-    """A response object that is ``orjson.loads(record.response_body)`` itself, unchanged.
-
-    The proxy builds this for a non-streamed JSON answer. The encoder then knows without
-    re-parsing the body that the object re-serialises to what the body re-serialises to, and
-    that it holds no value orjson cannot write exactly (orjson never parses NaN, infinities or
-    integers over 64 bits), so it stores ``JSON_FROM_BODY`` by the same rule as for a plain
-    dict, minus the ``loads``/``dumps`` comparison. To everyone else it is a dict.
-    """
-
-    __slots__ = ()
 
 
 CAPTURE_COLUMNS: tuple[str, ...] = (

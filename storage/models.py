@@ -18,6 +18,19 @@ Outcome = Literal[
 OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 
 
+class ParsedBody(dict[str, Any]):
+    """A response object that is ``orjson.loads(record.response_body)`` itself, unchanged.
+
+    The proxy builds this for a non-streamed JSON answer. The encoder then knows without
+    re-parsing the body that the object re-serialises to what the body re-serialises to, and
+    that it holds no value orjson cannot write exactly (orjson never parses NaN, infinities or
+    integers over 64 bits), so it stores ``JSON_FROM_BODY`` by the same rule as for a plain
+    dict, minus the ``loads``/``dumps`` comparison. To everyone else it is a dict.
+    """
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True, slots=True)
 class Usage:
     """Token usage as reported by the upstream (every field optional)."""

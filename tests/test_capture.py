@@ -4,6 +4,7 @@ read back from the SQLite file."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import sqlite3
 import time
@@ -282,3 +283,130 @@ def test_t8_huge_response_reaches_the_client_whole_and_the_capture_cut(
     record = read_capture(db, proxied.headers["x-stillroom-capture-id"])
     assert record.response_truncated and len(record.response_body) == cap
     assert record.response_body == proxied.content[:cap]
+
+
+# --- the policy's and the record's own shortcuts (no proxy, no database) ----------------------
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.records: list = []
+
+    def submit(self, record) -> bool:
+        self.records.append(record)
+        return True
+
+
+def _policy(sink: _Sink):
+    from proxy.capture import CaptureDrops, CapturePolicy
+
+    return CapturePolicy(
+        sink, max_bytes=1 << 20, fingerprint_secret=b"k" * 32, drops=CaptureDrops()
+    )
+
+
+def _scope(headers):
+    return {"method": "POST", "path": "/v1/chat/completions", "headers": headers}
+
+
+@pytest.mark.parametrize(
+    ("headers", "credential"),
+    [
+        ([(b"authorization", b"Bearer sk-a")], "sk-a"),
+        ([(b"authorization", b"  bearer   sk-b  ")], "sk-b"),
+        ([(b"authorization", b"Basic abc")], "Basic abc"),
+        ([(b"authorization", b"Bearer ")], "Bearer"),
+        ([(b"api-key", b" az-key ")], "az-key"),
+        ([(b"api-key", b"az"), (b"authorization", b"Bearer sk-c")], "az"),
+        ([(b"authorization", b"Bearer sk-d"), (b"api-key", b"az")], "sk-d"),
+        ([(b"authorization", b"   ")], None),
+        ([(b"api-key", b""), (b"authorization", b"Bearer sk-e")], None),
+        ([(b"x-other", b"1")], None),
+    ],
+)
+def test_cached_fingerprints_equal_the_hmac_of_the_credential(headers, credential):
+    from proxy.capture import _credential, key_fingerprint
+
+    policy = _policy(_Sink())
+    expected = key_fingerprint(b"k" * 32, credential) if credential else None
+    assert (_credential(headers) or None) == credential
+    for _ in range(2):  # computed, then from the cache
+        tee = policy(_scope(headers), b"{}", {})
+        assert tee is not None and tee.fingerprint == expected
+
+
+def test_the_fingerprint_cache_is_bounded():
+    from proxy import capture
+
+    policy = _policy(_Sink())
+    for n in range(capture.FINGERPRINT_CACHE_SIZE + 50):
+        tee = policy(_scope([(b"authorization", b"Bearer sk-%d" % n)]), b"{}", {})
+        assert tee is not None
+        assert tee.fingerprint == capture.key_fingerprint(b"k" * 32, f"sk-{n}")
+    assert len(policy._fingerprints) == capture.FINGERPRINT_CACHE_SIZE
+
+
+def test_retry_count_with_credential_headers_in_any_order():
+    policy = _policy(_Sink())
+    headers = [
+        (b"x-stainless-retry-count", b"1"),
+        (b"authorization", b"Bearer sk"),
+        (b"x-stainless-retry-count", b"2"),
+    ]
+    tee = policy(_scope(headers), b"{}", {})
+    assert tee is not None and tee.retry_count == 2
+    tee = policy(_scope([(b"x-stainless-retry-count", b"x")]), b"{}", {})
+    assert tee is not None and tee.retry_count is None and tee.fingerprint is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"id":"x","choices":[{"message":{"content":"hi","refusal":null}}],"n":1.5}',
+        b'{ "id" : "spaced",\n "usage": {"total_tokens": 3} }',
+        b'{"big":1e5}',  # re-serialises longer than the body: stored as JSON, not from body
+        b'{"u":"\\u00e9t\\u00e9"}',
+        b'{"huge":18446744073709551616}',
+        b'{"d":{"a":1,"a":2}}',
+    ],
+)
+def test_a_parsed_body_encodes_exactly_like_a_plain_dict(body):
+    import dataclasses
+
+    from proxy.records import ExchangeCopy, build_record
+    from storage._rows import _encode_response, encode_batch
+    from storage.models import ParsedBody
+
+    copy = ExchangeCopy(
+        capture_id="c1",
+        created_at=1.0,
+        endpoint="chat/completions",
+        method="POST",
+        path="/v1/chat/completions",
+        request_body=b'{"model":"m"}',
+        response_body=body,
+        response_truncated=False,
+        status=200,
+        content_type="application/json",
+        content_encoding=None,
+        outcome="completed",
+        error=None,
+        latency_ms=1.0,
+        ttft_ms=None,
+        tags={},
+        upstream_request_id=None,
+        retry_count=None,
+        key_fingerprint=None,
+    )
+    record = build_record(copy)
+    assert type(record.response) is ParsedBody
+    plain = dataclasses.replace(record, response=dict(record.response))
+    assert _encode_response(record) == _encode_response(plain)
+    assert encode_batch([record]).captures[0].row == encode_batch([plain]).captures[0].row
+    cut = dataclasses.replace(record, response_truncated=True)
+    assert _encode_response(cut) == _encode_response(
+        dataclasses.replace(plain, response_truncated=True)
+    )
+    # Only the stored body itself counts: an answer decoded from gzip is a plain dict.
+    gzipped = dataclasses.replace(copy, response_body=gzip.compress(body), content_encoding="gzip")
+    assert type(build_record(gzipped).response) is dict

@@ -54,3 +54,71 @@ def test_compression_only_when_it_pays() -> None:
     codec, packed = compress(text)
     assert codec == CODEC_DEFLATE and len(packed) < len(text) // 5
     assert decompress(codec, packed) == text
+
+
+def _boundaries_by_find(body: bytes) -> list[int]:
+    """The find-loop cut finder the regular expressions replaced (the reference)."""
+    found: list[int] = []
+    for key in (b'"role"', b'"type"', b'"content"'):
+        at = body.find(key)
+        while at >= 0:
+            brace = at - 1
+            while brace >= 0 and body[brace] in b" \t\r\n":
+                brace -= 1
+            if brace >= 0 and body[brace] == ord("{"):
+                found.append(brace)
+            at = body.find(key, at + 1)
+    for key in (b'"instructions"', b'"tools"', b'"input"'):
+        at = body.find(key)
+        while at >= 0:
+            found.append(at)
+            at = body.find(key, at + 1)
+    found.sort()
+    return found
+
+
+_CUT_PIECES = [
+    b"{",
+    b"}",
+    b'"',
+    b" ",
+    b"\t",
+    b"\r\n",
+    b"\\",
+    b"role",
+    b"type",
+    b"content",
+    b"tools",
+    b"input",
+    b"instructions",
+    b'"role"',
+    b'{"type"',
+    b'{ \n "content"',
+    b'"tools"',
+    b'"input"',
+    b'"instructions"',
+    b":",
+    b"x" * 130,
+]
+
+
+@given(st.lists(st.sampled_from(_CUT_PIECES), max_size=40))
+def test_cut_points_equal_the_find_loop(parts: list[bytes]) -> None:
+    from storage._blobs import _boundaries
+
+    body = b"".join(parts)
+    assert _boundaries(body) == _boundaries_by_find(body)
+
+
+def test_cut_points_on_keys_sharing_quotes_and_braces() -> None:
+    from storage._blobs import _boundaries
+
+    for body in (
+        b'"tools"input"instructions"',
+        b'{"role"type"content"',
+        b'{{ "role"{\t"type"',
+        b'{  "tools"',
+        b'x{"content" {"input"',
+        b"",
+    ):
+        assert _boundaries(body) == _boundaries_by_find(body), body

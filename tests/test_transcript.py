@@ -92,3 +92,87 @@ def test_generated_streams_match_the_full_decoder(blocks, separator, terminated)
     data = separator.join(blocks) + (separator if terminated else b"")
     for endpoint in ("chat/completions", "completions", "responses"):
         assert reassemble_transcript(endpoint, data) == slow_path(endpoint, data)
+
+
+def _dumped(result):
+    """The result with the response as bytes: key order counts, as it does once stored."""
+    return (orjson.dumps(result.response), result.done, result.complete, result.error)
+
+
+# Chunks in the shapes the data-only fast path and its content shortcut special-case, mixed
+# with everything that must leave them: other delta keys, non-string content, extra choice
+# keys, logprobs, errors, missing or odd indexes.
+plain_delta = st.fixed_dictionaries({"content": st.text(max_size=4)})
+odd_delta = st.one_of(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "role": st.sampled_from(["assistant", ""]),
+            "content": st.none() | st.text(max_size=3) | st.just([{"type": "text"}]) | st.just(7),
+            "refusal": st.none() | st.text(max_size=3),
+            "tool_calls": st.just([{"index": 0, "id": "c", "function": {"arguments": "{"}}]),
+        },
+    ),
+    st.just({"content": 3}),
+    st.just({"content": None}),
+    st.just({"refusal": "no"}),
+)
+fast_choice = st.fixed_dictionaries(
+    {"delta": st.one_of(plain_delta, odd_delta)},
+    optional={
+        "index": st.sampled_from([0, 1, "0", None]),
+        "logprobs": st.none() | st.just({"content": [{"token": "a"}]}),
+        "finish_reason": st.none() | st.just("stop"),
+        "extra": st.just(1),
+    },
+)
+fast_chunk = st.fixed_dictionaries(
+    {"id": st.just("c1"), "choices": st.lists(fast_choice, max_size=2)},
+    optional={
+        "model": st.none() | st.just("m"),
+        "usage": st.just({"total_tokens": 3}),
+        "error": st.none() | st.just({"message": "boom"}),
+        "obfuscation": st.just("xx"),
+    },
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(fast_chunk, max_size=14), st.booleans(), st.booleans())
+def test_data_only_streams_match_the_full_decoder_key_order_included(chunks, done, tail):
+    data = b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks)
+    if done:
+        data += b"data: [DONE]\n\n"
+    if tail:
+        data += b'data: {"cut'
+    fast = reassemble_transcript("chat/completions", data)
+    slow = slow_path("chat/completions", data)
+    assert fast == slow
+    assert _dumped(fast) == _dumped(slow)
+
+
+def test_the_data_only_path_takes_plain_streams_and_leaves_the_rest():
+    chat = FIXTURES[[p.stem for p in FIXTURES].index("chat_text")].read_bytes()
+    assert transcript._decode_data_only(chat) is not None
+    for data in (
+        b"data: {}\n\ndata: [DONE]\n\ndata: {}\n\n",  # [DONE] before the end
+        b"data: {}\n\n\n\ndata: {}\n\n",  # a blank block between events
+        b"data: {}\n\ndata: \n\n",  # empty data
+        b"data: {}\ndata: {}\n\n",  # two data lines in one event
+        b"event: x\ndata: {}\n\n",
+        b"data: {}\n\n: ping\n\n",
+        b"data: []\n\n",  # not an object
+        b"data: {}\r\n\r\n",
+        b"data:{}\n\n",
+        b"data: {}\n\n\n",
+        b"data: {}",
+    ):
+        assert transcript._decode_data_only(data) is None, data
+        assert reassemble_transcript("chat/completions", data) == slow_path(
+            "chat/completions", data
+        )
+    assert transcript._decode_data_only(b'data: {"a":1}\n\ndata: [DONE]\n\n') == (
+        [{"a": 1}],
+        True,
+    )
+    assert transcript._decode_data_only(b'data: {"a":1}\n\ndata: {"b') == ([{"a": 1}], False)
