@@ -44,7 +44,7 @@ def key_fingerprint(secret: bytes, key: str) -> str:
     return "kf_" + hmac.new(secret, key.encode("utf-8"), hashlib.sha256).hexdigest()[:24]
 
 
-def _credential(headers: list[tuple[bytes, bytes]]) -> str | None:
+def credential(headers: list[tuple[bytes, bytes]]) -> str | None:
     """The credential of the first ``authorization`` or ``api-key`` header, if any."""
     for name, value in headers:
         if name == b"authorization" or name == b"api-key":
@@ -161,7 +161,7 @@ class CapturePolicy:
             if name == b"x-stainless-retry-count":
                 retry = int(value) if value.isdigit() else None
             elif not credential_seen and (name == b"authorization" or name == b"api-key"):
-                credential_seen = True  # the first of the two headers decides, as in _credential
+                credential_seen = True  # the first of the two headers decides, as in credential
                 fingerprint = self._fingerprint(name, value)
         return CaptureTee(
             self,

@@ -46,7 +46,8 @@ from proxy.admin._completion_shapes import (
     input_messages,
     is_stored_completion,
 )
-from proxy.capture import _credential, key_fingerprint
+from proxy.capture import credential as read_credential
+from proxy.capture import key_fingerprint
 from proxy.errors import InvalidRequest, ProxyError, RequestTooLarge, RouteNotFound
 from proxy.types import Receive, Scope, Send
 from storage.base import Store
@@ -160,7 +161,7 @@ class StoredCompletions:
 
     def _scope_of(self, headers: list[tuple[bytes, bytes]]) -> str | None:
         """None (every capture) for the admin token, else the caller's key fingerprint."""
-        credential = _credential(headers)
+        credential = read_credential(headers)
         if not credential or credential.lower() == "bearer":
             raise MissingApiKey(
                 "You didn't provide an API key. Provide it in an Authorization header using "
