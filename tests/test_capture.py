@@ -325,11 +325,12 @@ def _scope(headers):
     ],
 )
 def test_cached_fingerprints_equal_the_hmac_of_the_credential(headers, credential):
-    from proxy.capture import _credential, key_fingerprint
+    from proxy.capture import credential as read_credential
+    from proxy.capture import key_fingerprint
 
     policy = _policy(_Sink())
     expected = key_fingerprint(b"k" * 32, credential) if credential else None
-    assert (_credential(headers) or None) == credential
+    assert (read_credential(headers) or None) == credential
     for _ in range(2):  # computed, then from the cache
         tee = policy(_scope(headers), b"{}", {})
         assert tee is not None and tee.fingerprint == expected
