@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -22,6 +23,7 @@ from proxy._capture_source import JSON, BadUsage, CaptureSource, Params
 from proxy.settings import settings_fields
 
 T = TypeVar("T")
+S = TypeVar("S", bound=AbstractAsyncContextManager[Any])
 Command = Callable[..., Any]
 
 _DEFAULT_DATABASE = next(str(f.default) for f in settings_fields() if f.name == "database")
@@ -46,27 +48,43 @@ class SourceSpec:
 
     def run(self, action: Callable[[CaptureSource], Awaitable[T]]) -> T:
         """Open the local store or the server, run ``action`` on it, close it."""
+        from proxy._capture_source import LocalSource, RemoteSource
+
+        local: Callable[[str], CaptureSource] = LocalSource
+        remote: Callable[[str, str], CaptureSource] = RemoteSource
+        return self.run_on(local, remote, action)
+
+    def run_on(
+        self,
+        local: Callable[[str], S],
+        remote: Callable[[str, str], S],
+        action: Callable[[S], Awaitable[T]],
+    ) -> T:
+        """``run`` with other sources: ``local(database)`` or ``remote(url, admin_token)``."""
         import asyncio
 
-        from proxy._capture_source import LocalSource, RemoteSource, check_server_url
-
-        url, token = None, ""
-        if self.url is not None:
-            if self.database_given:
-                raise BadUsage("give --database or --url, not both")
-            url = check_server_url(self.url)
-            token = (self.admin_token or "").strip()
-            if not token:
-                raise BadUsage("--url needs the server's admin token: set STILLROOM_ADMIN_TOKEN")
+        server = self.server()
 
         async def go() -> T:
-            source: CaptureSource = (
-                RemoteSource(url, token) if url is not None else LocalSource(self.database)
-            )
+            source = remote(*server) if server is not None else local(self.database)
             async with source:
                 return await action(source)
 
         return asyncio.run(go())
+
+    def server(self) -> tuple[str, str] | None:
+        """The checked ``--url`` and its admin token, or None to work on the database."""
+        from proxy._capture_source import check_server_url
+
+        if self.url is None:
+            return None
+        if self.database_given:
+            raise BadUsage("give --database or --url, not both")
+        url = check_server_url(self.url)
+        token = (self.admin_token or "").strip()
+        if not token:
+            raise BadUsage("--url needs the server's admin token: set STILLROOM_ADMIN_TOKEN")
+        return url, token
 
 
 def source_options(command: Command) -> Command:
@@ -132,6 +150,15 @@ def where_params(where: tuple[str, ...]) -> Params:
     return params
 
 
+def tag_filter(entry: str) -> str:
+    """A ``--tag`` as the filter's ``key:value``; ``key=value`` (as in ``X-Stillroom-Tags``)
+    is read the same: the key ends at the first ``=`` or ``:``."""
+    equals, colon = entry.find("="), entry.find(":")
+    if equals != -1 and (colon == -1 or equals < colon):
+        return f"{entry[:equals]}:{entry[equals + 1 :]}"
+    return entry
+
+
 def validated(params: Params) -> Params:
     """``params``, once the admin API's own check (``proxy.admin.params``) accepts them."""
     from proxy._capture_source import check_filter
@@ -154,7 +181,7 @@ def filter_options(command: Command) -> Command:
     ) -> Any:
         params = where_params(where)
         if tags:
-            params.setdefault("tag", []).extend(tags)
+            params.setdefault("tag", []).extend(tag_filter(entry) for entry in tags)
         for name, flag in (("has_tool_calls", has_tool_calls), ("excluded", excluded)):
             if flag is not None:
                 params.setdefault(name, []).append("true" if flag else "false")
@@ -169,7 +196,7 @@ def filter_options(command: Command) -> Command:
         [
             click.option(
                 "--tag", "tags", metavar="KEY:VALUE", multiple=True,
-                help="Has this tag; repeatable, every one must match.",
+                help="Has this tag (KEY=VALUE works too); repeatable, every one must match.",
             ),
             click.option("--model", metavar="NAME", help="The returned model, else the requested."),
             click.option(

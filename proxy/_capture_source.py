@@ -9,8 +9,10 @@ sent as a header and never appears in a message.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import urllib.parse
+from collections.abc import Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -288,16 +290,33 @@ class RemoteSource:
         params: httpx.QueryParams | None = None,
         body: JSON | None = None,
         capture_id: str | None = None,
+        missing: CommandFailed | None = None,
     ) -> JSON:
+        """The JSON object a route answers; ``missing`` (or ``CaptureNotFound(capture_id)``) is
+        raised for a 404 that names the path's id or name."""
+        with self.transport_errors():
+            response = await self._client.request(method, path, params=params, json=body)
+        if capture_id is not None:
+            missing = CaptureNotFound(capture_id)
+        return self.answer(response, path, missing)
+
+    @contextlib.contextmanager
+    def transport_errors(self) -> Iterator[None]:
+        """httpx's timeouts and transport errors as one-line ``CommandFailed``."""
         import httpx
 
         try:
-            response = await self._client.request(method, path, params=params, json=body)
+            yield
         except httpx.TimeoutException:
             raise CommandFailed(f"{self.url} did not answer in time") from None
         except httpx.TransportError as exc:
             reason = str(exc) or type(exc).__name__
             raise CommandFailed(f"cannot reach {self.url}: {reason}") from None
+
+    def answer(
+        self, response: httpx.Response, path: str, missing: CommandFailed | None = None
+    ) -> JSON:
+        """A read response's JSON object, or the failure it reports as one line."""
         try:
             answer = response.json()
         except ValueError:
@@ -311,8 +330,8 @@ class RemoteSource:
                 f"{self.url} refused the admin token (401): check --admin-token or "
                 "STILLROOM_ADMIN_TOKEN"
             )
-        if status == 404 and capture_id is not None and param == "id":
-            raise CaptureNotFound(capture_id)
+        if status == 404 and missing is not None and param in ("id", "name"):
+            raise missing
         if status == 404:
             raise CommandFailed(
                 f"{self.url}{path} answered 404: is the admin API on? (the server needs "
@@ -320,6 +339,8 @@ class RemoteSource:
             )
         if status in (400, 422) and message:
             raise BadUsage(message)
+        if status == 409 and message:
+            raise CommandFailed(message)
         detail = f": {message}" if message else ""
         if response.is_success:
             detail = ": the answer is not a JSON object"

@@ -1,5 +1,8 @@
 """Chat Completions and legacy Completions bodies for the mock upstream.
 
+A chat whose last message contains ``[refuse]`` is refused (``message.refusal``, streamed as
+``delta.refusal``), like a model declining a request, so tests can produce refusals.
+
 Both stream as `data:`-only SSE ending in `data: [DONE]`. Chat streams carry a role chunk, content
 (or per-index `tool_calls` fragments whose arguments arrive in several pieces), and a finish chunk
 per choice, with choices interleaved when `n` > 1; `stream_options.include_usage` adds the final
@@ -59,7 +62,14 @@ def chat_drafts(body: dict[str, Any], digest: bytes, chunks: int | None) -> list
     choice = body.get("tool_choice")
     function = choice.get("function") if isinstance(choice, dict) else None
     forced = function.get("name") if isinstance(function, dict) else None
-    answered = isinstance(messages[-1], dict) and messages[-1].get("role") == "tool"
+    last = messages[-1]
+    if (
+        isinstance(last, dict)
+        and isinstance(last.get("content"), str)
+        and REFUSE in last["content"]
+    ):
+        return [Draft(list(REFUSAL_PIECES), [], "stop", refusal=True) for _ in range(n)]
+    answered = isinstance(last, dict) and last.get("role") == "tool"
     tools = [] if answered else _chat_tools(body)
     calls = pick_tools(tools, choice, body.get("parallel_tool_calls") is not False, forced)
     length = answer_length(digest, chunks)
@@ -92,7 +102,9 @@ def chat_usage(body: dict[str, Any], model: str, digest: bytes, drafts: list[Dra
 
 def _chat_message(draft: Draft) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
-    if draft.calls:
+    if draft.refusal:
+        message["refusal"] = draft.text
+    elif draft.calls:
         message["tool_calls"] = [
             {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
             for c in draft.calls
@@ -129,7 +141,11 @@ def chat_completion(body: dict[str, Any], digest: bytes, chunks: int | None) -> 
 
 
 def _chat_deltas(draft: Draft) -> Iterator[tuple[dict[str, Any], str | None]]:
-    if not draft.calls:
+    if draft.refusal:
+        yield {"role": "assistant", "content": None, "refusal": ""}, None
+        for piece in draft.pieces:
+            yield {"refusal": piece}, None
+    elif not draft.calls:
         yield {"role": "assistant", "content": "", "refusal": None}, None
         for piece in draft.pieces:
             yield {"content": piece}, None
@@ -181,6 +197,10 @@ def chat_events(body: dict[str, Any], digest: bytes, chunks: int | None) -> list
         events.append(b"data: " + head + b',"choices":[],"usage":' + usage + b"}\n\n")
     events.append(DONE)
     return events
+
+
+REFUSE = "[refuse]"
+REFUSAL_PIECES = ("I'm sorry, but ", "I can't help with that.")
 
 
 # --- legacy completions -------------------------------------------------------------------------

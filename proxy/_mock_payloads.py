@@ -74,6 +74,7 @@ class Draft(NamedTuple):
     pieces: list[str]
     calls: list[ToolCall]
     finish_reason: str
+    refusal: bool = False  # the pieces are a refusal, not content
 
     @property
     def text(self) -> str:

@@ -238,9 +238,11 @@ def status(database: str | None, as_json: bool) -> None:
 
 def _add_commands() -> None:
     from proxy.cli_captures import captures, stats
+    from proxy.cli_datasets import datasets
 
     cli.add_command(captures)
     cli.add_command(stats)
+    cli.add_command(datasets)
 
 
 _add_commands()

@@ -30,7 +30,8 @@ def settings_table() -> str:
 def cli_help() -> str:
     runner = CliRunner()
     parts = []
-    for args in (["--help"], ["serve", "--help"], ["mock", "--help"], ["captures", "--help"]):
+    commands = (["--help"], ["serve", "--help"], ["mock", "--help"], ["captures", "--help"])
+    for args in (*commands, ["datasets", "--help"]):
         result = runner.invoke(cli, args, prog_name="stillroom", terminal_width=100)
         parts.append(f"$ stillroom {' '.join(args)}\n{result.output.rstrip()}")
     return "```\n" + "\n\n".join(parts) + "\n```"

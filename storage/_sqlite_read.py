@@ -72,6 +72,7 @@ def select_sql(
     limit: int | None = None,
     search_part: int | None = None,
     search_parts: Sequence[int] = (),
+    after_seq: int | None = None,
 ) -> tuple[str, list[Any]]:
     """``SELECT columns`` of captures ``c`` matching ``where``, ordered by ``seq``.
 
@@ -145,6 +146,9 @@ def select_sql(
             "c.endpoint = 'chat/completions' AND c.outcome = 'completed'"
             " AND c.response_id IS NOT NULL AND c.response_json_codec IS NOT NULL"
         )
+    if after_seq is not None:
+        conditions.append(f"{key} {'<' if order == 'desc' else '>'} ?")
+        params.append(after_seq)
     if after is not None:
         conditions.append(
             f"{key} {'<' if order == 'desc' else '>'} (SELECT seq FROM captures WHERE id = ?)"
@@ -332,6 +336,27 @@ def chain(
             break
     links.reverse()
     return decode_rows(conn, links), complete, missing
+
+
+def count_where(conn: sqlite3.Connection, where: CaptureFilter) -> int:
+    if where.is_empty():
+        return int(conn.execute("SELECT count(*) FROM captures").fetchone()[0])
+    if where.search is not None:
+        check_fts_query(fts_query(where.search))
+    sql, params = select_sql(where, columns="c.seq", search_parts=_sqlite_search.partitions(conn))
+    return int(run_query(conn, f"SELECT count(*) FROM ({sql})", params)[0][0])
+
+
+def time_quantile(conn: sqlite3.Connection, where: CaptureFilter, q: float) -> float | None:
+    n = count_where(conn, where)
+    if n == 0:
+        return None
+    sql, params = select_sql(
+        where, columns="c.created_at AS t", search_parts=_sqlite_search.partitions(conn)
+    )
+    offset = min(n - 1, max(0, int(n * q)))
+    rows = run_query(conn, f"SELECT t FROM ({sql}) ORDER BY t LIMIT 1 OFFSET ?", [*params, offset])
+    return float(rows[0][0])
 
 
 def stats_rows(conn: sqlite3.Connection, where: CaptureFilter) -> dict[str, Any]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
+from storage.datasets import Dataset, DatasetItem, DatasetPair, Split
+from storage.errors import StoreUnavailable
 from storage.models import CaptureRecord
 from storage.query import (
     CaptureFilter,
@@ -39,8 +41,12 @@ class Store(Protocol):
         """Return the record exactly as written, or None when the id is unknown."""
         ...
 
-    async def count(self) -> int:
-        """Number of stored captures."""
+    async def count(self, where: CaptureFilter | None = None) -> int:
+        """Number of stored captures (matching ``where``)."""
+        ...
+
+    async def time_quantile(self, where: CaptureFilter, q: float) -> float | None:
+        """The creation time below which a share ``q`` of the matching captures lie."""
         ...
 
     # -- finding and curating (see storage.query) --------------------------------------------
@@ -97,6 +103,54 @@ class Store(Protocol):
         """Counts by model, endpoint, outcome, tag and day; token sums; bytes on disk."""
         ...
 
+    # -- datasets (see storage.datasets) ----------------------------------------------------
+
+    def iter_captures(
+        self, where: CaptureFilter, *, batch: int = 500
+    ) -> AsyncIterator[list[StoredCapture]]:
+        """Every capture matching ``where`` in the order stored, ``batch`` at a time."""
+        ...
+
+    async def begin_dataset(self, name: str) -> int:
+        """Reserve ``name`` for a dataset being built; its handle. Raises ``DatasetExists``."""
+        ...
+
+    async def add_dataset_items(
+        self, handle: int, items: Sequence[DatasetItem], pairs: Sequence[DatasetPair] = ()
+    ) -> None:
+        """Append snapshot items (and preference pairs) to a dataset being built."""
+        ...
+
+    async def finish_dataset(self, handle: int, dataset: Dataset) -> None:
+        """Publish a built dataset: from now on it is listed and exportable, and immutable."""
+        ...
+
+    async def abort_dataset(self, handle: int) -> None:
+        """Forget a dataset whose build failed (its name becomes free again)."""
+        ...
+
+    async def list_datasets(self) -> list[Dataset]:
+        """Published datasets, newest first."""
+        ...
+
+    async def get_dataset(self, name: str) -> Dataset | None: ...
+
+    async def delete_dataset(self, name: str) -> bool:
+        """Remove a dataset's snapshot (never the captures)."""
+        ...
+
+    def dataset_items(
+        self, name: str, split: Split | None = None, *, batch: int = 500
+    ) -> AsyncIterator[list[tuple[DatasetItem, StoredCapture | None]]]:
+        """A dataset's items in export order with their captures (None: deleted since)."""
+        ...
+
+    def dataset_pairs(
+        self, name: str, split: Split | None = None, *, batch: int = 500
+    ) -> AsyncIterator[list[tuple[DatasetPair, StoredCapture | None, StoredCapture | None]]]:
+        """A dataset's preference pairs with the preferred and rejected captures."""
+        ...
+
     async def ping(self) -> None:
         """Raise ``StoreError`` unless the database answers a trivial query."""
         ...
@@ -125,8 +179,11 @@ class NullStore:
     async def get(self, capture_id: str) -> CaptureRecord | None:
         return None
 
-    async def count(self) -> int:
+    async def count(self, where: CaptureFilter | None = None) -> int:
         return 0
+
+    async def time_quantile(self, where: CaptureFilter, q: float) -> float | None:
+        return None
 
     async def ping(self) -> None:
         return None
@@ -172,3 +229,44 @@ class NullStore:
 
     async def stats(self, where: CaptureFilter | None = None) -> Stats:
         return Stats(0, {}, {}, {}, {}, {}, 0, 0, 0, 0, 0, 0, 0, 0)
+
+    async def iter_captures(
+        self, where: CaptureFilter, *, batch: int = 500
+    ) -> AsyncIterator[list[StoredCapture]]:
+        return
+        yield
+
+    async def begin_dataset(self, name: str) -> int:
+        raise StoreUnavailable("capture is off: there is no store to keep datasets in")
+
+    async def add_dataset_items(
+        self, handle: int, items: Sequence[DatasetItem], pairs: Sequence[DatasetPair] = ()
+    ) -> None:
+        return None
+
+    async def finish_dataset(self, handle: int, dataset: Dataset) -> None:
+        return None
+
+    async def abort_dataset(self, handle: int) -> None:
+        return None
+
+    async def list_datasets(self) -> list[Dataset]:
+        return []
+
+    async def get_dataset(self, name: str) -> Dataset | None:
+        return None
+
+    async def delete_dataset(self, name: str) -> bool:
+        return False
+
+    async def dataset_items(
+        self, name: str, split: Split | None = None, *, batch: int = 500
+    ) -> AsyncIterator[list[tuple[DatasetItem, StoredCapture | None]]]:
+        return
+        yield
+
+    async def dataset_pairs(
+        self, name: str, split: Split | None = None, *, batch: int = 500
+    ) -> AsyncIterator[list[tuple[DatasetPair, StoredCapture | None, StoredCapture | None]]]:
+        return
+        yield

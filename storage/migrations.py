@@ -227,6 +227,48 @@ def m003_curation_search(conn: sqlite3.Connection) -> None:
     index_all(conn)
 
 
+@migration
+def m004_datasets(conn: sqlite3.Connection) -> None:
+    """Dataset snapshots (``storage.datasets``).
+
+    ``datasets``: one row per name; ``state`` is ``building`` until the snapshot is complete,
+    then ``ready`` with the ``Dataset`` JSON in ``info``. ``dataset_items``: the ordered capture
+    ids with their split and the example's content hash (sha256, 32 bytes) at snapshot time.
+    ``dataset_pairs``: preference pairs for DPO exports. Items refer to captures by id, not by
+    a foreign key: deleting a capture never touches a snapshot, and its export then reports
+    the capture as gone.
+    """
+    _execute_script(
+        conn,
+        """
+        CREATE TABLE datasets (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            state TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            info BLOB
+        );
+        CREATE TABLE dataset_items (
+            dataset_id INTEGER NOT NULL REFERENCES datasets (id) ON DELETE CASCADE,
+            position INTEGER NOT NULL,
+            capture_id TEXT NOT NULL,
+            split TEXT NOT NULL,
+            content_hash BLOB NOT NULL,
+            PRIMARY KEY (dataset_id, position)
+        ) WITHOUT ROWID;
+        CREATE TABLE dataset_pairs (
+            dataset_id INTEGER NOT NULL REFERENCES datasets (id) ON DELETE CASCADE,
+            position INTEGER NOT NULL,
+            split TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            preferred_id TEXT NOT NULL,
+            rejected_id TEXT NOT NULL,
+            PRIMARY KEY (dataset_id, position)
+        ) WITHOUT ROWID;
+        """,
+    )
+
+
 def _ensure_table(conn: sqlite3.Connection) -> None:
     conn.execute(
         "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"

@@ -298,6 +298,19 @@ def parse_filter(
     return CaptureFilter(tags=tuple(dict.fromkeys(tags)), **values)
 
 
+def filter_json(where: CaptureFilter) -> dict[str, Any]:
+    """The filter as parameters ``parse_filter`` reads back (scoping fields are left out)."""
+    out: dict[str, Any] = {}
+    if where.tags:
+        out["tag"] = [f"{key}:{value}" for key, value in where.tags]
+    for name in FILTER_PARAMS[1:]:
+        value = getattr(where, name)
+        if value is None:
+            continue
+        out[name] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    return out
+
+
 def _parse_one(name: str, raw: str) -> Any:
     if not isinstance(raw, str):
         raise QueryError(f"{name} must be a string", param=name)

@@ -31,25 +31,18 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from storage import _sqlite_edit, _sqlite_read, _sqlite_search, migrations
+from storage import _sqlite_read, _sqlite_search, migrations
 from storage._rows import (
     CAPTURE_COLUMNS,
     EncodedBatch,
     encode_batch,
 )
+from storage._sqlite_datasets import DatasetTables
+from storage._sqlite_queries import CaptureQueries
+from storage.datasets import DatasetExists
 from storage.errors import StoreBusy, StoreError, StoreFull, StoreUnavailable
 from storage.models import CaptureRecord
-from storage.query import (
-    CaptureFilter,
-    CapturePatch,
-    Conversation,
-    Order,
-    Page,
-    QueryError,
-    Stats,
-    StoredCapture,
-    is_capture_id,
-)
+from storage.query import CaptureFilter, QueryError
 
 T = TypeVar("T")
 _SQLITE_FULL = 13
@@ -89,7 +82,7 @@ def _translated_errors() -> Iterator[None]:
         if primary in _SQLITE_UNAVAILABLE_CODES or "closed" in str(exc):
             raise StoreUnavailable(message) from exc
         raise StoreError(message) from exc
-    except QueryError:
+    except (QueryError, DatasetExists):
         raise
     except ValueError as exc:  # aiosqlite: "Connection closed", "no active connection"
         if "closed" in str(exc) or "no active connection" in str(exc):
@@ -164,7 +157,7 @@ def _migrate_sync(path: str, busy_timeout_s: float) -> list[str]:
         conn.close()
 
 
-class SQLiteStore:
+class SQLiteStore(CaptureQueries, DatasetTables):
     """Capture storage in one SQLite file. See the module docstring for the guarantees."""
 
     def __init__(
@@ -358,75 +351,8 @@ class SQLiteStore:
                 result: T = await writer._execute(fn, writer._conn, *args)  # type: ignore[no-untyped-call]
         return result
 
-    async def list_captures(
-        self,
-        where: CaptureFilter,
-        *,
-        after: str | None = None,
-        limit: int = 50,
-        order: Order = "desc",
-    ) -> Page:
-        items, has_more = await self._read(_sqlite_read.list_page, where, after, limit, order)
-        return Page(items, has_more)
-
-    async def get_capture(
-        self, ref: str, *, key_fingerprint: str | None = None
-    ) -> StoredCapture | None:
-        by_response_id = not is_capture_id(ref)
-        return await self._read(_sqlite_read.get_one, ref, key_fingerprint, by_response_id)
-
-    async def conversation(self, capture_id: str) -> Conversation | None:
-        found = await self._read(_sqlite_read.chain, capture_id)
-        if found is None:
-            return None
-        captures, complete, missing = found
-        return Conversation(captures, complete, missing)
-
-    async def update_capture(self, capture_id: str, patch: CapturePatch) -> StoredCapture | None:
-        return await self._write(_sqlite_edit.update_one, capture_id, patch)
-
-    async def update_where(self, where: CaptureFilter, patch: CapturePatch) -> int:
-        return await self._write(_sqlite_edit.update_where, where, patch)
-
-    async def delete_capture(self, capture_id: str) -> bool:
-        return await self._delete([capture_id]) > 0
-
-    async def delete_where(self, where: CaptureFilter) -> int:
-        return await self._delete(await self._read(_sqlite_edit.matching_ids, where))
-
-    async def purge_before(self, cutoff: float) -> int:
-        return await self.delete_where(CaptureFilter(until=cutoff))
-
-    async def _delete(self, ids: Sequence[str]) -> int:
-        # A transaction per chunk, so captures keep being written during a long purge.
-        deleted = 0
-        touched: set[int] = set()
-        for start in range(0, len(ids), _sqlite_edit.DELETE_CHUNK):
-            chunk = ids[start : start + _sqlite_edit.DELETE_CHUNK]
-            count, parts = await self._write(_sqlite_edit.delete_chunk, chunk)
-            deleted += count
-            touched |= parts
-        # Then the deleted rows leave the index pages (a partition per turn) and the WAL.
-        for part in sorted(touched):
-            await self._write(_sqlite_edit.optimize_partition, part)
-        if deleted:
-            await self._write(_sqlite_edit.checkpoint_truncate)
-        return deleted
-
-    async def stats(self, where: CaptureFilter | None = None) -> Stats:
-        values = await self._read(_sqlite_read.stats_rows, where or CaptureFilter())
-        size = 0
-        for suffix in ("", "-wal"):
-            with contextlib.suppress(OSError):
-                size += os.path.getsize(self.path + suffix)
-        return Stats(store_bytes=size, **values)
-
-    async def count(self) -> int:
-        _, reader = await self._connections()
-        async with self._read_lock:
-            with _translated_errors():
-                rows = list(await reader.execute_fetchall("SELECT count(*) FROM captures"))
-        return int(rows[0][0])
+    async def count(self, where: CaptureFilter | None = None) -> int:
+        return await self._read(_sqlite_read.count_where, where or CaptureFilter())
 
     async def install_secret(self) -> bytes:
         """The install's random 32-byte secret, created on first use (needs migration m002)."""

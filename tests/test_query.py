@@ -303,7 +303,7 @@ def test_migration_from_m002_keeps_captures_and_indexes_them(tmp_path: Path) -> 
                     batch.captures[0].tags,
                 )
             raw.close()
-            assert await store.migrate() == ["m003_curation_search"]
+            assert await store.migrate() == ["m003_curation_search", "m004_datasets"]
             got = await store.get_capture(record.id)
             assert got is not None and got.record == record
             page = await store.list_captures(CaptureFilter(search="pelican"))

@@ -12,10 +12,13 @@ from typing import Any
 
 from proxy.admin.params import (
     CAPTURE_ID_PATTERN,
+    DATASET_NAME_PATTERN,
     FILTER_SCHEMAS,
     TAG_KEY_PATTERN,
     TAG_VALUE_PATTERN,
 )
+from storage.datasets import SPLITS
+from storage.export import FORMATS
 from storage.models import OUTCOMES
 from storage.query import MAX_NOTE, MAX_TAG_VALUE, MAX_TAGS_PER_FILTER
 
@@ -162,6 +165,7 @@ def component_schemas() -> dict[str, Any]:
             {"object": {"const": "capture.bulk_delete"}, "deleted": {"type": "integer"}}
         ),
         "Stats": _stats_schema(),
+        **_dataset_schemas(filter_props),
         "Filter": {
             "description": "the filter language of the query parameters, JSON-typed",
             **closed_object(filter_props, optional=tuple(filter_props)),
@@ -240,3 +244,128 @@ def _stats_schema() -> dict[str, Any]:
             "store_bytes": {"type": "integer"},
         }
     )
+
+
+def _dataset_schemas(filter_props: dict[str, Any]) -> dict[str, Any]:
+    """``POST /admin/datasets``' body (``storage.datasets.parse_spec``) and ``Dataset.to_json``."""
+    name = {"type": "string", "pattern": DATASET_NAME_PATTERN}
+    share = {"type": "number", "minimum": 0, "exclusiveMaximum": 1}
+    options: dict[str, Any] = {
+        "validation": {**share, "default": 0.1, "description": "share of examples to validate"},
+        "holdout": {**share, "default": 0, "description": "share held out (never trained on)"},
+        "holdout_by": {
+            "enum": ["hash", "time"],
+            "default": "hash",
+            "description": "hash of the prompt (reproducible), or time (the newest)",
+        },
+        "dedupe": {
+            "enum": ["exact", "near"],
+            "default": "exact",
+            "description": "merge exact duplicates, or near ones too",
+        },
+        "max_tokens": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 10_000_000,
+            "description": "longer examples are left out, never cut",
+        },
+        "price_per_million": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 1_000_000,
+            "description": "training price per million tokens, for the cost estimate",
+        },
+    }
+    counts = {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}}
+    per_split = {"type": "object", "propertyNames": {"enum": list(SPLITS)}}
+    token_stats = closed_object(
+        {
+            "examples": {"type": "integer"},
+            "total": {"type": "integer"},
+            "min": {"type": "integer"},
+            "mean": {"type": "number"},
+            "max": {"type": "integer"},
+            "p95": {"type": "integer"},
+            "answer_total": {"type": "integer"},
+            "estimated_cost_per_epoch": {"type": "number"},
+        }
+    )
+    stored_filter = {
+        "description": "the filter as query parameters (every value a string, tag a list)",
+        "type": "object",
+        "additionalProperties": {
+            "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]
+        },
+    }
+    stored_spec = closed_object(
+        {
+            "name": name,
+            "filter": stored_filter,
+            **{
+                key: {k: v for k, v in value.items() if k != "default"}
+                for key, value in options.items()
+            },
+        }
+    )
+    return {
+        "DatasetSpec": {
+            "description": "what to take (a filter) and how to split, dedupe and limit it",
+            **closed_object(
+                {
+                    "name": name,
+                    "filter": ref("Filter"),
+                    **options,
+                },
+                optional=("filter", *options),
+            ),
+        },
+        "Dataset": closed_object(
+            {
+                "object": {"const": "dataset"},
+                "name": name,
+                "created_at": {"type": "number"},
+                "spec": stored_spec,
+                "content_hash": {"type": "string"},
+                "counts": {**per_split, **counts},
+                "considered": {"type": "integer", "minimum": 0},
+                "rejected": counts,
+                "tokens": {**per_split, "additionalProperties": token_stats},
+                "leakage": counts,
+                "version": {"type": "string"},
+            }
+        ),
+        "DatasetList": closed_object(
+            {"object": {"const": "list"}, "data": {"type": "array", "items": ref("Dataset")}}
+        ),
+        "DatasetDeleted": closed_object(
+            {"object": {"const": "dataset.deleted"}, "name": name, "deleted": {"const": True}}
+        ),
+        "ExportManifest": closed_object(
+            {
+                "object": {"const": "dataset.export"},
+                "dataset": name,
+                "content_hash": {"type": "string"},
+                "format": {"enum": list(FORMATS)},
+                "split": {"enum": list(SPLITS)},
+                "file": closed_object(
+                    {
+                        "name": {"type": "string"},
+                        "encoding": {"const": "jsonl"},
+                        "bytes": {"type": "integer", "minimum": 0},
+                        "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                    }
+                ),
+                "lines": {"type": "integer", "minimum": 0},
+                "spec": stored_spec,
+                "counts": {**per_split, **counts},
+                "considered": {"type": "integer", "minimum": 0},
+                "rejected": counts,
+                "tokens": {**per_split, "additionalProperties": token_stats},
+                "leakage": counts,
+                "dataset_created_at": {"type": "number"},
+                "dataset_version": {"type": "string"},
+                "stillroom_version": {"type": "string"},
+                "created_at": {"type": "number"},
+            }
+        ),
+    }

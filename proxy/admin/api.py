@@ -1,27 +1,37 @@
-"""The admin HTTP API under ``/admin`` (docs/admin-api.md): browse, curate and delete captures.
+"""The admin HTTP API under ``/admin`` (docs/admin-api.md): browse, curate and delete captures;
+datasets live in ``proxy.admin.datasets``.
 
 ``create_admin_app(token, store)`` is mounted by ``StillroomApp`` only when an admin token is
 set. Every request passes ``AdminAuth`` first; the routes then check their input against the
 schemas ``/admin/openapi.json`` publishes (``proxy.admin.params``), call the ``Store`` and answer
 JSON. Errors are OpenAI-shaped: 400 bad parameter or body, 404 unknown or malformed capture id
-and unknown route, 405, 413 body over ``MAX_BODY_BYTES``, 422 a bulk edit with an empty filter
-and no ``"all": true``, 503 when the store fails.
+and unknown route, 405, 409 a dataset conflict, 413 body over ``MAX_BODY_BYTES``, 422 a bulk
+edit with an empty filter and no ``"all": true``, 503 when the store fails.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from proxy.admin._http import (
+    StoreProvider,
+    answers_errors,
+    current_store,
+    error_response,
+    json_object,
+    json_response,
+    logger,
+    query_params,
+    read_json,
+)
 from proxy.admin.auth import AdminAuth
+from proxy.admin.datasets import dataset_routes
 from proxy.admin.openapi import openapi_document
 from proxy.admin.params import (
     is_capture_id,
@@ -35,23 +45,13 @@ from proxy.errors import (
     InvalidRequest,
     MethodNotAllowed,
     ProxyError,
-    RequestTooLarge,
     RouteNotFound,
-    StoreNotReady,
     UnprocessableRequest,
 )
 from proxy.settings import Secret
 from proxy.types import ASGIApp
 from storage.base import Store
-from storage.errors import StoreError
-from storage.query import CaptureFilter, QueryError
-
-logger = logging.getLogger("stillroom.admin")
-
-MAX_BODY_BYTES = 1024 * 1024  # PATCH and bulk bodies; a corrected answer fits many times over
-
-StoreProvider = Callable[[], Store | None]
-Handler = Callable[[Request], Awaitable[Response]]
+from storage.query import CaptureFilter
 
 
 def create_admin_app(token: Secret, store: StoreProvider) -> ASGIApp:
@@ -67,6 +67,7 @@ def create_admin_app(token: Secret, store: StoreProvider) -> ASGIApp:
             Route("/admin/captures/{id}", routes.patch_capture, methods=["PATCH"]),
             Route("/admin/captures/{id}", routes.delete_capture, methods=["DELETE"]),
             Route("/admin/stats", routes.stats, methods=["GET"]),
+            *dataset_routes(store),
         ],
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
     )
@@ -74,45 +75,18 @@ def create_admin_app(token: Secret, store: StoreProvider) -> ASGIApp:
     return AdminAuth(site, token)
 
 
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
-
-
-def _error(error: ProxyError, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(
-        error.to_json(), error.status_code, headers=headers, media_type="application/json"
-    )
-
-
 async def _http_error(request: Request, exc: Exception) -> Response:
     """Starlette's own 404/405 (no route, wrong method), in OpenAI's shape."""
     assert isinstance(exc, HTTPException)
     where = f"{request.method} {request.url.path}"
     if exc.status_code == 405:
-        return _error(MethodNotAllowed(f"Method not allowed ({where})"), exc.headers)
-    return _error(RouteNotFound(f"Invalid URL ({where})"))
+        return error_response(MethodNotAllowed(f"Method not allowed ({where})"), exc.headers)
+    return error_response(RouteNotFound(f"Invalid URL ({where})"))
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
     """A bug: the OpenAI shape with no detail (uvicorn logs the traceback, the client never)."""
-    return _error(ProxyError("the admin API failed; see the server log"))
-
-
-def _answers_errors(handler: Handler) -> Handler:
-    """Our exceptions and the store's become OpenAI-shaped answers, never a 500 traceback."""
-
-    async def answer(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except QueryError as exc:
-            return _error(InvalidRequest(exc.message, param=exc.param))
-        except ProxyError as exc:
-            return _error(exc)
-        except StoreError as exc:
-            logger.warning("admin %s %s: store error: %s", request.method, request.url.path, exc)
-            return _error(StoreNotReady("the capture store failed; try again later"))
-
-    return answer
+    return error_response(ProxyError("the admin API failed; see the server log"))
 
 
 class AdminRoutes:
@@ -120,29 +94,26 @@ class AdminRoutes:
 
     def __init__(self, store: StoreProvider) -> None:
         self._store = store
-        self.openapi = _answers_errors(self._openapi)
-        self.list_captures = _answers_errors(self._list_captures)
-        self.get_capture = _answers_errors(self._get_capture)
-        self.patch_capture = _answers_errors(self._patch_capture)
-        self.delete_capture = _answers_errors(self._delete_capture)
-        self.update_where = _answers_errors(self._update_where)
-        self.delete_where = _answers_errors(self._delete_where)
-        self.stats = _answers_errors(self._stats)
+        self.openapi = answers_errors(self._openapi)
+        self.list_captures = answers_errors(self._list_captures)
+        self.get_capture = answers_errors(self._get_capture)
+        self.patch_capture = answers_errors(self._patch_capture)
+        self.delete_capture = answers_errors(self._delete_capture)
+        self.update_where = answers_errors(self._update_where)
+        self.delete_where = answers_errors(self._delete_where)
+        self.stats = answers_errors(self._stats)
 
     def store(self) -> Store:
-        store = self._store()
-        if store is None:
-            raise StoreNotReady("the capture store is not open (starting or stopping)")
-        return store
+        return current_store(self._store)
 
     async def _openapi(self, request: Request) -> Response:
-        return _json(openapi_document())
+        return json_response(openapi_document())
 
     async def _list_captures(self, request: Request) -> Response:
-        where, after, limit, order = parse_list_params(_params(request))
+        where, after, limit, order = parse_list_params(query_params(request))
         page = await self.store().list_captures(where, after=after, limit=limit, order=order)
         data = [capture_json(item) for item in page.items]
-        return _json(
+        return json_response(
             {
                 "object": "list",
                 "data": data,
@@ -162,49 +133,42 @@ class AdminRoutes:
         if stored.record.endpoint == "responses":
             chain = await store.conversation(capture_id)
             out["conversation"] = conversation_json(chain) if chain is not None else None
-        return _json(out)
+        return json_response(out)
 
     async def _patch_capture(self, request: Request) -> Response:
         capture_id = _capture_id(request)
-        patch = parse_body_patch(await _read_json(request))
+        patch = parse_body_patch(await read_json(request))
         stored = await self.store().update_capture(capture_id, patch)
         if stored is None:
             raise _no_capture(capture_id)
-        return _json(capture_json(stored))
+        return json_response(capture_json(stored))
 
     async def _delete_capture(self, request: Request) -> Response:
         capture_id = _capture_id(request)
         if not await self.store().delete_capture(capture_id):
             raise _no_capture(capture_id)
-        return _json({"object": "capture.deleted", "id": capture_id, "deleted": True})
+        return json_response({"object": "capture.deleted", "id": capture_id, "deleted": True})
 
     async def _update_where(self, request: Request) -> Response:
-        body = _object(await _read_json(request), {"filter", "patch", "all"})
+        body = json_object(await read_json(request), {"filter", "patch", "all"})
         if "patch" not in body:
             raise InvalidRequest("patch is required: the edit to apply", param="patch")
         where = _bulk_filter(body)
         patch = parse_body_patch(body["patch"], param="patch")
         updated = await self.store().update_where(where, patch)
-        return _json({"object": "capture.bulk_update", "updated": updated})
+        return json_response({"object": "capture.bulk_update", "updated": updated})
 
     async def _delete_where(self, request: Request) -> Response:
-        body = _object(await _read_json(request), {"filter", "all"})
+        body = json_object(await read_json(request), {"filter", "all"})
         where = _bulk_filter(body)
         deleted = await self.store().delete_where(where)
         logger.info("admin bulk delete: %d captures", deleted)
-        return _json({"object": "capture.bulk_delete", "deleted": deleted})
+        return json_response({"object": "capture.bulk_delete", "deleted": deleted})
 
     async def _stats(self, request: Request) -> Response:
-        where = parse_query_filter(_params(request))
+        where = parse_query_filter(query_params(request))
         stats = await self.store().stats(None if where.is_empty() else where)
-        return _json({"object": "stats", **stats.to_json()})
-
-
-def _params(request: Request) -> dict[str, list[str]]:
-    params: dict[str, list[str]] = {}
-    for name, value in request.query_params.multi_items():
-        params.setdefault(name, []).append(value)
-    return params
+        return json_response({"object": "stats", **stats.to_json()})
 
 
 def _capture_id(request: Request) -> str:
@@ -221,17 +185,6 @@ def _no_capture(capture_id: str) -> RouteNotFound:
     return RouteNotFound(f"no capture with id {capture_id}", param="id")
 
 
-def _object(body: object, known: set[str]) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise InvalidRequest("the body must be a JSON object")
-    for name in body:
-        if name not in known:
-            raise InvalidRequest(
-                f"unknown field {name!r:.80}; known: {', '.join(sorted(known))}", param=name
-            )
-    return body
-
-
 def _bulk_filter(body: dict[str, Any]) -> CaptureFilter:
     """The bulk routes' filter; matching everything must be asked for with ``"all": true``."""
     confirm = body.get("all", False)
@@ -245,21 +198,3 @@ def _bulk_filter(body: dict[str, Any]) -> CaptureFilter:
             param="filter",
         )
     return where
-
-
-async def _read_json(request: Request) -> object:
-    """The request body as JSON, at most ``MAX_BODY_BYTES`` (413 past it, 400 if not JSON)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise RequestTooLarge(f"the body is over {MAX_BODY_BYTES} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise RequestTooLarge(f"the body is over {MAX_BODY_BYTES} bytes")
-        chunks.append(chunk)
-    try:
-        return orjson.loads(b"".join(chunks))
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("the body must be valid JSON (an object)") from None

@@ -11,7 +11,13 @@ import functools
 from typing import Any
 
 from proxy.admin._schemas import component_schemas, ref
-from proxy.admin.params import CAPTURE_ID_PATTERN, FILTER_SCHEMAS, PAGE_SCHEMAS
+from proxy.admin.params import (
+    CAPTURE_ID_PATTERN,
+    DATASET_NAME_PATTERN,
+    EXPORT_SCHEMAS,
+    FILTER_SCHEMAS,
+    PAGE_SCHEMAS,
+)
 
 JSON = "application/json"
 
@@ -35,12 +41,13 @@ def _ok(description: str, schema: str) -> dict[str, Any]:
     return {"description": description, "content": {JSON: {"schema": ref(schema)}}}
 
 
-def _links(pointer: str, *operations: str) -> dict[str, Any]:
-    """Where a response's capture id leads (schemathesis' stateful phase follows these)."""
+def _links(pointer: str, *operations: str, param: str = "id") -> dict[str, Any]:
+    """Where a response's capture id (or dataset name) leads (schemathesis' stateful phase
+    follows these)."""
     return {
         operation[0].upper() + operation[1:]: {
             "operationId": operation,
-            "parameters": {"id": f"$response.body#{pointer}"},
+            "parameters": {param: f"$response.body#{pointer}"},
         }
         for operation in operations
     }
@@ -54,6 +61,9 @@ _ERRORS = {
     "400": "bad parameter or body",
     "401": "missing or wrong admin token",
     "404": "no such capture (unknown or malformed id)",
+    "404-dataset": "no such dataset (unknown or malformed name)",
+    "409-create": "a dataset with this name exists (code dataset_exists)",
+    "409-export": "the dataset's captures were deleted or edited since (code dataset_changed)",
     "413": "body over 1 MiB",
     "422": 'empty filter without "all": true',
     "503": "the store failed or is not open",
@@ -68,10 +78,12 @@ def _operation(
     *,
     parameters: list[dict[str, Any]] | None = None,
     body: str | None = None,
+    ok_status: str = "200",
 ) -> dict[str, Any]:
-    responses: dict[str, Any] = {"200": ok}
-    for status in ("401", *errors, "503"):
-        responses[status] = _error_response(_ERRORS[status])
+    """An operation; ``errors`` are keys of ``_ERRORS`` (``404-dataset`` documents a 404)."""
+    responses: dict[str, Any] = {ok_status: ok}
+    for error in ("401", *errors, "503"):
+        responses[error.partition("-")[0]] = _error_response(_ERRORS[error])
     out: dict[str, Any] = {"operationId": operation_id, "summary": summary}
     if parameters:
         out["parameters"] = parameters
@@ -156,6 +168,7 @@ def _paths() -> dict[str, Any]:
                 parameters=filters,
             )
         },
+        **_dataset_paths(),
         "/admin/openapi.json": {
             "get": _operation(
                 "getOpenAPI",
@@ -167,6 +180,92 @@ def _paths() -> dict[str, Any]:
     }
 
 
+_BY_NAME = ("getDataset", "deleteDataset", "exportDataset", "getExportManifest")
+
+
+def _dataset_paths() -> dict[str, Any]:
+    name = {
+        "name": "name",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": DATASET_NAME_PATTERN},
+    }
+    export = [_query(param, schema) for param, schema in EXPORT_SCHEMAS.items()]
+    jsonl = {
+        "description": "the export file, streamed (JSON Lines); a stream cut short (no final "
+        "chunk) means the dataset changed part way",
+        "headers": {
+            header: {"description": text, "schema": {"type": "string"}}
+            for header, text in (
+                ("X-Stillroom-Content-Hash", "the dataset's content hash"),
+                ("X-Stillroom-Examples", "examples in the split"),
+                ("Link", "the manifest, rel=describedby"),
+            )
+        },
+        "content": {"application/jsonl": {"schema": {"type": "string"}}},
+    }
+    return {
+        "/admin/datasets": {
+            "get": _operation(
+                "listDatasets",
+                "Every dataset, newest first",
+                {
+                    **_ok("the datasets", "DatasetList"),
+                    "links": _links("/data/0/name", *_BY_NAME, param="name"),
+                },
+                (),
+            ),
+            "post": _operation(
+                "createDataset",
+                "Snapshot the captures a filter matches as a dataset: quality gates, dedupe, "
+                "splits, token counts",
+                {
+                    **_ok("the dataset", "Dataset"),
+                    "links": _links("/name", *_BY_NAME, param="name"),
+                },
+                ("400", "409-create", "413"),
+                body="DatasetSpec",
+                ok_status="201",
+            ),
+        },
+        "/admin/datasets/{name}": {
+            "parameters": [name],
+            "get": _operation(
+                "getDataset",
+                "One dataset: its filter, counts per split, rejections, token statistics",
+                _ok("the dataset", "Dataset"),
+                ("404-dataset",),
+            ),
+            "delete": _operation(
+                "deleteDataset",
+                "Delete a dataset's snapshot (never the captures)",
+                _ok("deleted", "DatasetDeleted"),
+                ("404-dataset",),
+            ),
+        },
+        "/admin/datasets/{name}/export": {
+            "parameters": [name],
+            "get": _operation(
+                "exportDataset",
+                "One split in one training format, streamed as JSON Lines",
+                jsonl,
+                ("400", "404-dataset", "409-export"),
+                parameters=export,
+            ),
+        },
+        "/admin/datasets/{name}/export/manifest": {
+            "parameters": [name],
+            "get": _operation(
+                "getExportManifest",
+                "The manifest `stillroom datasets export` writes beside the file",
+                _ok("the manifest", "ExportManifest"),
+                ("400", "404-dataset", "409-export"),
+                parameters=export,
+            ),
+        },
+    }
+
+
 @functools.cache
 def _document() -> dict[str, Any]:
     return {
@@ -174,7 +273,8 @@ def _document() -> dict[str, Any]:
         "info": {
             "title": "Stillroom admin API",
             "version": "1",
-            "description": "Browse, curate and delete captured exchanges (docs/admin-api.md).",
+            "description": "Browse, curate and delete captured exchanges; build and export "
+            "datasets (docs/admin-api.md).",
         },
         "security": [{"bearer": []}],
         "paths": _paths(),

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, cast
 
+from storage.datasets import SPLITS, DatasetSpec, Split, parse_spec
+from storage.export import FORMATS
 from storage.models import OUTCOMES
 from storage.query import (
     DEFAULT_PAGE,
@@ -271,3 +273,59 @@ def parse_body_patch(body: object, param: str | None = None) -> CapturePatch:
         raise QueryError(
             exc.message, param=f"{param}.{exc.param}" if exc.param else param
         ) from None
+
+
+# -- datasets ----------------------------------------------------------------------------------
+
+# ``storage.datasets.check_name``: 1-64 of a-z 0-9 - _ . starting with a letter or digit.
+DATASET_NAME_PATTERN: Final = "^[a-z0-9][a-z0-9._-]{0,63}$"
+DEFAULT_EXPORT_FORMAT: Final = "openai-chat"
+DEFAULT_EXPORT_SPLIT: Final = "train"
+
+EXPORT_SCHEMAS: Final[dict[str, dict[str, Any]]] = {
+    "format": {
+        "type": "string",
+        "enum": list(FORMATS),
+        "default": DEFAULT_EXPORT_FORMAT,
+        "description": "openai-chat (OpenAI SFT chat), openai-dpo (OpenAI preference pairs), "
+        "hf (Hugging Face datasets / TRL messages), hf-prompt-completion (TRL prompt and "
+        "completion: only the answer is trained)",
+    },
+    "split": {
+        "type": "string",
+        "enum": list(SPLITS),
+        "default": DEFAULT_EXPORT_SPLIT,
+        "description": "which split to export",
+    },
+}
+
+
+def is_dataset_name(value: str) -> bool:
+    return matches(DATASET_NAME_PATTERN, value)
+
+
+def parse_export_params(params: Mapping[str, Sequence[str]]) -> tuple[str, Split]:
+    """``GET /admin/datasets/{name}/export``: the format and the split (with their defaults)."""
+    for name, raws in params.items():
+        schema = EXPORT_SCHEMAS.get(name)
+        if schema is None:
+            known = ", ".join(EXPORT_SCHEMAS)
+            raise QueryError(f"unknown parameter {name!r:.80}; known: {known}", param=name)
+        if len(raws) > 1:
+            raise QueryError(f"{name} given more than once", param=name)
+        _check_string(name, raws[0], schema)
+    fmt = _single(params, "format") or DEFAULT_EXPORT_FORMAT
+    split = _single(params, "split") or DEFAULT_EXPORT_SPLIT
+    return fmt, cast(Split, split)
+
+
+def parse_body_spec(body: object) -> DatasetSpec:
+    """``POST /admin/datasets``: ``storage.datasets.parse_spec`` after the published schema's
+    own check of the filter (JSON-typed, as in the bulk routes; culprits named ``filter.x``)."""
+    if isinstance(body, dict):
+        if "filter" in body:
+            parse_body_filter(body["filter"])
+        tokens = body.get("max_tokens")
+        if isinstance(tokens, float) and tokens.is_integer():  # 4096.0 is an integer in JSON
+            body = {**body, "max_tokens": int(tokens)}
+    return parse_spec(body)

@@ -1,0 +1,377 @@
+"""Datasets end to end: real captures through the proxy, quality gates, splits, exports.
+
+Traffic is made with the official SDK against `stillroom mock` through `stillroom serve`:
+plain and streamed chat, tool calls with their results, a Responses API chain, upstream errors,
+answers cut by max_tokens, refusals (the mock refuses a message containing "[refuse]") and
+exact duplicates (the mock answers the same request the same way). The dataset is built from
+the proxy's own SQLite file, exported in every format and checked.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import openai
+import pytest
+
+from storage.datasets import DatasetExists, DatasetSpec, create_dataset, parse_spec
+from storage.export import export_dataset
+from storage.query import CaptureFilter, CapturePatch, QueryError, parse_filter
+from storage.sqlite import SQLiteStore
+from storage.validate import validate_jsonl
+from tests.conftest import make_capture
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Look up the weather in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
+
+
+def make_traffic(base: str) -> dict[str, Any]:
+    """Real captures of every kind; returns what a test needs to know about them."""
+    made: dict[str, Any] = {}
+    tags = {"X-Stillroom-Tags": "task=support"}
+    with openai.OpenAI(base_url=base + "/v1", api_key="sk-dataset-test", max_retries=0) as client:
+        for i in range(12):
+            client.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[
+                    {"role": "system", "content": "You are the support bot."},
+                    {"role": "user", "content": f"Question number {i} about invoices"},
+                ],
+                stream=i % 2 == 1,
+                extra_headers=tags,
+            )
+        # the same request twice: the mock answers it the same way, an exact duplicate
+        for _ in range(2):
+            client.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": "Question number 0 about invoices, again"}],
+                extra_headers=tags,
+            )
+        # a tool call, then the conversation with its result
+        first = client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "Weather in Oslo?"}],
+            tools=TOOLS,
+            extra_headers=tags,
+        )
+        call = first.choices[0].message.tool_calls[0]
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[
+                {"role": "user", "content": "Weather in Oslo?"},
+                first.choices[0].message.model_dump(exclude_none=True),
+                {"role": "tool", "tool_call_id": call.id, "content": '{"temp": 3}'},
+            ],
+            tools=TOOLS,
+            extra_headers=tags,
+        )
+        # a Responses API conversation of two turns
+        r1 = client.responses.create(
+            model="gpt-4o-mini", input="Plan a trip to Bergen", extra_headers=tags
+        )
+        client.responses.create(
+            model="gpt-4o-mini",
+            input="Make it three days",
+            previous_response_id=r1.id,
+            extra_headers=tags,
+        )
+        # left out by the gates
+        with pytest.raises(openai.InternalServerError):
+            client.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": "This one fails upstream"}],
+                extra_headers={**tags, "x-mock-status": "500"},
+            )
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "Write a long essay about lighthouses"}],
+            max_tokens=2,
+            extra_headers=tags,
+        )
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "Tell me something forbidden [refuse]"}],
+            extra_headers=tags,
+        )
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "A question someone disliked the answer to"}],
+            extra_headers=tags,
+        )
+        made["disliked"] = raw.headers["x-stillroom-capture-id"]
+    return made
+
+
+def wait_for(db: Path, n: int) -> None:
+    async def count() -> int:
+        async with SQLiteStore(db) as store:
+            return await store.count()
+
+    deadline = time.monotonic() + 10
+    while (have := anyio.run(count)) < n:
+        assert time.monotonic() < deadline, f"{have} of {n} captures landed"
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def traffic_db(tmp_path_factory: pytest.TempPathFactory, mock_url: str) -> tuple[Path, dict]:
+    from proxy.app import create_app
+    from proxy.settings import load_settings
+    from tests._server import serve_in_thread
+
+    db = tmp_path_factory.mktemp("datasets") / "proxy.db"
+    settings = load_settings({}, upstream=mock_url, database=str(db), flush_interval="0.01")
+    with serve_in_thread(create_app(settings), http="httptools") as base:
+        made = make_traffic(base)
+        wait_for(db, 22)
+    return db, made
+
+
+def build(db: Path, spec: DatasetSpec, patch: tuple[str, CapturePatch] | None = None) -> Any:
+    async def run() -> Any:
+        async with SQLiteStore(db) as store:
+            if patch is not None:
+                await store.update_capture(*patch)
+            return await create_dataset(store, spec)
+
+    return anyio.run(run)
+
+
+def export(db: Path, name: str, fmt: str, split: str | None, out: Path) -> dict[str, Any]:
+    async def run() -> dict[str, Any]:
+        async with SQLiteStore(db) as store:
+            return await export_dataset(store, name, fmt, split, out)
+
+    return anyio.run(run)
+
+
+def lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_gates_splits_and_exports_of_real_traffic(traffic_db, tmp_path: Path) -> None:
+    db, made = traffic_db
+    where = parse_filter({"tag": ["task:support"]})
+    dataset = build(db, DatasetSpec(name="support-v1", where=where, validation=0.2))
+    assert dataset.considered == 22
+    assert dataset.rejected == {
+        "duplicate": 1,
+        "finish_length": 1,
+        "not_completed": 1,
+        "refusal": 1,
+    }
+    kept = sum(dataset.counts.values())
+    assert kept == 22 - 4
+    assert dataset.counts["holdout"] == 0
+    assert dataset.counts["validation"] > 0 and dataset.counts["train"] > 0
+    for split, stats in dataset.tokens.items():
+        assert stats.examples == dataset.counts[split]
+        if stats.examples:
+            assert 0 < stats.min <= stats.mean <= stats.max and stats.p95 <= stats.max
+            assert stats.cost_per_epoch == round(stats.total / 1e6 * 3.0, 4)
+
+    out = tmp_path / "train.jsonl"
+    manifest = export(db, "support-v1", "openai-chat", "train", out)
+    rows = lines(out)
+    assert len(rows) == dataset.counts["train"] == manifest["lines"]
+    assert manifest["content_hash"] == dataset.content_hash
+    assert json.loads((tmp_path / "train.jsonl.manifest.json").read_text()) == manifest
+    report = validate_jsonl(out)
+    assert report.ok, report.to_json()
+    for row in rows:
+        assert row["messages"][-1]["role"] == "assistant"
+        assert row["messages"][-1]["weight"] == 1
+        for message in row["messages"][:-1]:
+            assert message["role"] in ("system", "user", "assistant", "tool")
+            if message["role"] == "assistant":
+                assert message["weight"] == 0
+    with_tools = [row for row in rows + lines_of(db, "support-v1", tmp_path) if "tools" in row]
+    assert with_tools, "the tool-call conversation is in some split"
+    for row in with_tools:
+        for message in row["messages"]:
+            for call in message.get("tool_calls", []):
+                assert isinstance(call["function"]["arguments"], str)
+                json.loads(call["function"]["arguments"])
+
+    for fmt, name in (("hf", "train.hf.jsonl"), ("hf-prompt-completion", "train.pc.jsonl")):
+        export(db, "support-v1", fmt, "train", tmp_path / name)
+        assert len(lines(tmp_path / name)) == dataset.counts["train"]
+
+
+def lines_of(db: Path, name: str, tmp_path: Path) -> list[dict[str, Any]]:
+    out = tmp_path / "validation.jsonl"
+    export(db, name, "openai-chat", "validation", out)
+    return lines(out)
+
+
+def test_responses_chain_becomes_one_conversation(traffic_db, tmp_path: Path) -> None:
+    db, _ = traffic_db
+    where = parse_filter({"endpoint": ["responses"]})
+    dataset = build(db, DatasetSpec(name="responses-v1", where=where, validation=0.0))
+    assert dataset.counts["train"] == 2
+    out = tmp_path / "responses.jsonl"
+    export(db, "responses-v1", "openai-chat", "train", out)
+    second = lines(out)[1]["messages"]
+    assert [m["role"] for m in second] == ["user", "assistant", "user", "assistant"]
+    assert second[0]["content"] == "Plan a trip to Bergen"
+    assert second[2]["content"] == "Make it three days"
+    assert [m.get("weight") for m in second if m["role"] == "assistant"] == [0, 1]
+
+
+def test_same_inputs_give_byte_identical_exports(traffic_db, tmp_path: Path) -> None:
+    db, _ = traffic_db
+    where = parse_filter({"tag": ["task:support"]})
+    outputs = []
+    for name in ("same-a", "same-b"):
+        dataset = build(db, DatasetSpec(name=name, where=where, validation=0.25, holdout=0.25))
+        out = tmp_path / f"{name}.jsonl"
+        export(db, name, "openai-chat", None, out)
+        outputs.append((dataset.content_hash, dataset.counts, out.read_bytes()))
+    assert outputs[0] == outputs[1]
+
+
+def test_corrections_and_feedback_make_preference_pairs(traffic_db, tmp_path: Path) -> None:
+    db, made = traffic_db
+    where = parse_filter({"tag": ["task:support"]})
+    corrected = {"role": "assistant", "content": "A better answer, written by a person."}
+
+    async def curate() -> str:
+        async with SQLiteStore(db) as store:
+            page = await store.list_captures(parse_filter({"search": ["invoices"]}), limit=1)
+            target = page.items[0].record.id
+            await store.update_capture(target, CapturePatch(corrected_response=corrected))
+            await store.update_capture(made["disliked"], CapturePatch(feedback_score=-1.0))
+            return target
+
+    target = anyio.run(curate)
+    dataset = build(db, DatasetSpec(name="prefs-v1", where=where, validation=0.0))
+    assert dataset.rejected.get("negative_feedback") == 1
+    out = tmp_path / "dpo.jsonl"
+    export(db, "prefs-v1", "openai-dpo", "train", out)
+    pairs = lines(out)
+    assert len(pairs) == 1
+    assert pairs[0]["preferred_output"] == [corrected]
+    assert pairs[0]["non_preferred_output"][0]["role"] == "assistant"
+    assert pairs[0]["non_preferred_output"][0]["content"] != corrected["content"]
+    chat = tmp_path / "chat.jsonl"
+    export(db, "prefs-v1", "openai-chat", "train", chat)
+    assert any(row["messages"][-1]["content"] == corrected["content"] for row in lines(chat))
+    assert target
+
+
+def test_names_are_unique_and_specs_are_checked(traffic_db) -> None:
+    db, _ = traffic_db
+    build(db, DatasetSpec(name="unique-v1", where=parse_filter({"model": ["nope"]})))
+    with pytest.raises(DatasetExists):
+        build(db, DatasetSpec(name="unique-v1"))
+    for body, param in (
+        ({}, "name"),
+        ({"name": "Bad Name"}, "name"),
+        ({"name": "x", "validation": 1.5}, "validation"),
+        ({"name": "x", "validation": 0.6, "holdout": 0.5}, "holdout"),
+        ({"name": "x", "holdout_by": "random"}, "holdout_by"),
+        ({"name": "x", "dedupe": "fuzzy"}, "dedupe"),
+        ({"name": "x", "max_tokens": 0}, "max_tokens"),
+        ({"name": "x", "filter": {"colour": "red"}}, "colour"),
+        ({"name": "x", "surprise": 1}, "surprise"),
+    ):
+        with pytest.raises(QueryError) as caught:
+            parse_spec(body)
+        assert caught.value.param == param, body
+    spec = parse_spec({"name": "ok-1", "filter": {"tag": "task:support"}})
+    assert spec.where == CaptureFilter(tags=(("task", "support"),))
+
+
+def chat_record(text: str, answer: str, created_at: float) -> Any:
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": text}]}).encode()
+    response = {
+        "id": "chatcmpl-x",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer},
+                "finish_reason": "stop",
+            }
+        ],
+    }
+    return make_capture(
+        request_body=body,
+        response=response,
+        response_body=json.dumps(response).encode(),
+        created_at=created_at,
+    )
+
+
+def test_holdout_by_time_never_shares_a_prompt(tmp_path: Path) -> None:
+    records = [chat_record(f"prompt {i % 6}", f"answer {i}", 1000.0 + i) for i in range(30)]
+
+    async def run() -> Any:
+        async with SQLiteStore(tmp_path / "t.db") as store:
+            await store.migrate()
+            await store.write_batch(records)
+            return await create_dataset(
+                store,
+                DatasetSpec(name="by-time", validation=0.2, holdout=0.3, holdout_by="time"),
+            )
+
+    dataset = anyio.run(run)
+    # every prompt repeats across the time line: the newest copies are dropped as leakage
+    assert dataset.leakage["removed"] == dataset.rejected["leakage"] > 0
+    assert dataset.counts["holdout"] == 0 or dataset.leakage["shared_prompts"] == 0
+
+    async def splits() -> dict[str, set[str]]:
+        seen: dict[str, set[str]] = {}
+        async with SQLiteStore(tmp_path / "t.db") as store:
+            async for batch in store.dataset_items("by-time"):
+                for item, stored in batch:
+                    assert stored is not None
+                    prompt = json.loads(stored.record.request_body)["messages"][0]["content"]
+                    seen.setdefault(prompt, set()).add(item.split)
+        return seen
+
+    by_prompt = anyio.run(splits)
+    for prompt, used in by_prompt.items():
+        assert not ("holdout" in used and len(used) > 1), prompt
+
+
+def test_near_duplicates_and_the_token_limit(tmp_path: Path) -> None:
+    records = [
+        chat_record("Where is order 1234?", "It shipped.", 1000.0),
+        chat_record("  where IS order 98765? ", "It shipped.", 1001.0),
+        chat_record("Something else entirely", "Yes.", 1002.0),
+        chat_record("word " * 400, "long", 1003.0),
+    ]
+
+    async def run() -> Any:
+        async with SQLiteStore(tmp_path / "n.db") as store:
+            await store.migrate()
+            await store.write_batch(records)
+            exact = await create_dataset(store, DatasetSpec(name="exact", max_tokens=200))
+            near = await create_dataset(
+                store, DatasetSpec(name="near", dedupe="near", max_tokens=200)
+            )
+            return exact, near
+
+    exact, near = anyio.run(run)
+    assert exact.rejected == {"too_long": 1}
+    assert near.rejected == {"near_duplicate": 1, "too_long": 1}
+    assert sum(near.counts.values()) == 2
