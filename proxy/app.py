@@ -42,6 +42,7 @@ from proxy.metrics import CaptureMetrics, ProxyMetrics
 from proxy.retention import Retention
 from proxy.settings import Settings
 from proxy.tags import parse_capture_switch, parse_tags, split_prefix
+from proxy.training.runner import JobRunner, ProviderConfig
 from proxy.types import Receive, Scope, Send
 from proxy.writer import CaptureWriter
 from storage.base import NullStore, Store
@@ -64,6 +65,7 @@ class AppState:
     draining: bool = False
     retention: Retention | None = None  # None: captures are kept forever
     stored_completions: StoredCompletions | None = None  # None: forwarded (upstream mode)
+    runner: JobRunner | None = None  # None: capture off (no store for jobs)
 
 
 class StillroomApp:
@@ -85,7 +87,11 @@ class StillroomApp:
         )
         # The admin API exists only with a token; without one /admin is an unknown path (404).
         self._admin = (
-            create_admin_app(settings.admin_token, lambda: self.state.store if self.state else None)
+            create_admin_app(
+                settings.admin_token,
+                lambda: self.state.store if self.state else None,
+                lambda: self.state.runner if self.state else None,
+            )
             if settings.admin_token is not None
             else None
         )
@@ -191,6 +197,13 @@ class StillroomApp:
         if s.retention_days is not None:
             self.state.retention = Retention(store, days=s.retention_days)
             self.state.retention.start()
+        if s.capture:
+            # Training jobs are polled here; the work itself runs at the provider.
+            provider = ProviderConfig(
+                s.train_base_url, s.train_api_key.reveal() if s.train_api_key else None
+            )
+            self.state.runner = JobRunner(store, provider, poll_interval=s.train_poll_interval)
+            self.state.runner.start()
         logger.info("forwarding /v1 to %s; capture %s", s.upstream, "on" if s.capture else "off")
 
     async def shutdown(self) -> None:
@@ -202,6 +215,8 @@ class StillroomApp:
         # before the writer drains and the client goes away under them.
         if state.retention is not None:
             await state.retention.stop()
+        if state.runner is not None:
+            await state.runner.stop()
         await _wait_until(lambda: state.forwarder.active == 0, timeout=5.0)
         await state.writer.stop(deadline_s=_WRITER_DRAIN_SECONDS)
         lost = state.writer.dropped_total.get("shutdown", 0)

@@ -9,6 +9,10 @@ framework, no validation layer; each request costs ~25 µs of CPU for a plain ch
     POST /v1/completions        legacy text completions, JSON or SSE
     POST /v1/embeddings         float or base64 (little-endian float32) vectors
     GET  /v1/models             GET /v1/models/{id}
+    POST /v1/files              multipart upload (kept in memory); GET /v1/files[/{id}]
+    /v1/fine_tuning/jobs        create, list, retrieve, events, cancel: a job walks
+                                validating_files → queued → running → succeeded over three
+                                retrieves, or fails (see `proxy._mock_fine_tuning`)
     GET  /_mock/requests        every /v1 request received (`RecordedRequest.as_json`), oldest first
     DELETE /_mock/requests      clears that log
 
@@ -68,6 +72,7 @@ from proxy import _mock_faults as faults
 from proxy import _mock_payloads as payloads
 from proxy._mock_embeddings import EmbeddingTable, embeddings
 from proxy._mock_exchange import Exchange, RecordedRequest, read_body
+from proxy._mock_fine_tuning import FineTuning, NotFound
 from proxy._mock_plan import InvalidMockHeader, Plan, apply_headers, seconds
 from proxy._mock_responses import response_events, response_object
 
@@ -125,6 +130,7 @@ class MockUpstream:
         self._seq = 0
         self._plan = _plan_from(options)
         self._embedding_table: EmbeddingTable | None = None
+        self.fine_tuning = FineTuning()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -183,7 +189,7 @@ class MockUpstream:
                 plan.status, _JSON, error, wait=plan.first_byte, extra=retry
             )
         if plan.mode is None:
-            status, answer = self._answer(scope["method"], scope["path"], body, plan)
+            status, answer = self._answer(scope["method"], scope["path"], body, plan, scope)
             if isinstance(answer, bytes):
                 return await exchange.reply(status, _JSON, answer, wait=plan.first_byte)
             await exchange.start(status, _SSE)
@@ -217,7 +223,7 @@ class MockUpstream:
                 await exchange.start(200, _JSON, size)
                 await exchange.stream(pieces, plan, gap=plan.gap)
         else:  # gzip and drip send the real answer differently
-            status, answer = self._answer(scope["method"], scope["path"], body, plan)
+            status, answer = self._answer(scope["method"], scope["path"], body, plan, scope)
             data = answer if isinstance(answer, bytes) else b"".join(answer)
             content_type = _JSON if isinstance(answer, bytes) else _SSE
             if mode == "gzip":
@@ -232,9 +238,11 @@ class MockUpstream:
                 await exchange.stream(drips, plan, gap=plan.every)
 
     def _answer(
-        self, method: str, path: str, body: bytes, plan: Plan
+        self, method: str, path: str, body: bytes, plan: Plan, scope: Scope
     ) -> tuple[int, bytes | list[bytes]]:
         """(status, JSON body) or (status, SSE events) for a /v1 route."""
+        if path.startswith(("/v1/files", "/v1/fine_tuning/")):
+            return self._fine_tuning(method, path, body, scope)
         try:
             if method == "POST":
                 if path == "/v1/chat/completions":
@@ -268,6 +276,24 @@ class MockUpstream:
         except payloads.InvalidRequest as exc:
             return 400, faults.error_envelope(400, exc.message, param=exc.param)
         return 404, faults.error_envelope(404, f"Invalid URL ({method} {path})")
+
+    def _fine_tuning(
+        self, method: str, path: str, body: bytes, scope: Scope
+    ) -> tuple[int, bytes | list[bytes]]:
+        content_type = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
+        try:
+            found = self.fine_tuning.answer(
+                method, path, scope.get("query_string", b""), content_type, body
+            )
+        except payloads.InvalidRequest as exc:
+            codes = {"training_file": "invalid_training_file", "model": "model_not_available"}
+            code = codes.get(exc.param or "")
+            return 400, faults.error_envelope(400, exc.message, param=exc.param, code=code)
+        except NotFound as exc:
+            return 404, faults.error_envelope(404, exc.message, param=exc.param)
+        if found is None:
+            return 404, faults.error_envelope(404, f"Invalid URL ({method} {path})")
+        return found[0], orjson.dumps(found[1])
 
 
 def _seed(request: dict[str, Any]) -> bytes:

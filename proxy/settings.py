@@ -142,6 +142,18 @@ def _parse_stored_completions(raw: str) -> str:
     return value
 
 
+def _parse_train_base_url(raw: str) -> str | None:
+    value = raw.strip().rstrip("/")
+    if not value:
+        return None
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL (including /v1)")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ValueError("must not carry credentials, a query or a fragment")
+    return value
+
+
 def _parse_database(raw: str) -> str:
     value = raw.strip()
     if not value:
@@ -286,6 +298,26 @@ class Settings:
         _parse_bool,
         "Apply pending database migrations when serve starts (off: refuse to start if any).",
         metavar="on|off",
+    )
+    train_base_url: str | None = _setting(
+        None,
+        _parse_train_base_url,
+        "Base URL (including /v1) of the OpenAI-compatible fine-tuning provider training jobs "
+        "run on, e.g. https://api.openai.com/v1. Unset: `train start --backend openai` is off.",
+        metavar="URL",
+    )
+    train_api_key: Secret | None = _setting(
+        None,
+        _parse_secret,
+        "API key for the fine-tuning provider (never stored: jobs keep only the base URL).",
+        metavar="KEY",
+        secret=True,
+    )
+    train_poll_interval: float = _setting(
+        5.0,
+        _parse_positive_float,
+        "Seconds between two polls of the training jobs in progress.",
+        metavar="SECONDS",
     )
     log_level: str = _setting(
         "info", _parse_log_level, "Log level: debug, info, warning, error.", metavar="LEVEL"

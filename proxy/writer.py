@@ -14,11 +14,13 @@ When a record cannot be kept it is dropped and counted under one reason (``DROP_
 * ``storage_error`` the store kept failing (``max_attempts`` tries), or rejected this record
 * ``shutdown``      submitted after ``stop()`` began, or still queued when its deadline ran out
 
-``StoreBusy`` (a locked database) is retried with capped exponential backoff for as long as it
-lasts; meanwhile new records queue up, and drop as ``queue_full`` once the queue is full. Other
-errors are retried ``max_attempts`` times; a plain ``StoreError`` (the store could not take the
-data) splits the batch in halves until the bad record is alone, so one bad record cannot take
-a whole batch with it.
+``StoreBusy`` (a locked database) and ``StoreUnavailable`` (the database cannot be reached, e.g.
+Postgres restarting) are retried with capped exponential backoff (``retry_initial_s`` doubling up
+to ``retry_max_s``) for as long as they last; the batch stays in memory, new records queue up
+and drop as ``queue_full`` only once the queue is full, and the backlog drains when the store
+returns. Other errors are retried ``max_attempts`` times; a plain ``StoreError`` (the store
+could not take the data) splits the batch in halves until the bad record is alone, so one bad
+record cannot take a whole batch with it.
 
 Accounting is exact at every moment:
 ``submitted_total == written_total + sum(dropped_total.values()) + queue_depth``, where
@@ -41,7 +43,7 @@ from typing import Final
 
 from proxy.tasks import spawn
 from storage.base import Store
-from storage.errors import StoreBusy, StoreError, StoreFull
+from storage.errors import StoreBusy, StoreError, StoreFull, StoreUnavailable
 from storage.models import CaptureRecord
 
 DROP_REASONS: Final = ("queue_full", "too_large", "storage_full", "storage_error", "shutdown")
@@ -108,8 +110,8 @@ class CaptureWriter:
         flush_interval: float,
         logger: logging.Logger,
         max_attempts: int = 5,
-        retry_initial_s: float = 0.05,
-        retry_max_s: float = 2.0,
+        retry_initial_s: float = 0.1,
+        retry_max_s: float = 5.0,
         abandon_grace_s: float = 5.0,
         log_interval_s: float = 10.0,
         on_batch: BatchHook | None = None,
@@ -301,6 +303,14 @@ class CaptureWriter:
             except StoreBusy as exc:
                 self._log.warning(
                     "busy", 1, "capture store busy (%s); retrying a batch of %d", exc, len(records)
+                )
+            except StoreUnavailable as exc:
+                self._log.warning(
+                    "unavailable",
+                    1,
+                    "capture store unavailable (%s); holding %d queued, retrying",
+                    exc,
+                    self.queue_depth,
                 )
             except StoreError as exc:
                 if type(exc) is StoreError:  # the store cannot take this data

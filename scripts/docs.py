@@ -2,7 +2,8 @@
 
 - README.md: the settings table (between `<!-- settings:start -->` and `<!-- settings:end -->`)
   and the `stillroom --help` outputs (between `<!-- cli:start -->` and `<!-- cli:end -->`).
-- deploy/.env.example: one commented line per setting.
+- deploy/.env.example: one commented line per setting, then the variables deploy/compose.yaml
+  itself reads (the `COMPOSE_ENV` block below, written out as it is).
 """
 
 from __future__ import annotations
@@ -37,6 +38,21 @@ def cli_help() -> str:
     return "```\n" + "\n\n".join(parts) + "\n```"
 
 
+COMPOSE_ENV = """
+# ---------------------------------------------------------------------------------------------
+# deploy/compose.yaml only: not Stillroom settings (this block is written out as it stands in
+# scripts/docs.py). Required: compose refuses to start while one is empty. Use long random
+# values, e.g. `openssl rand -hex 24` (hex needs no escaping in the postgresql:// URL).
+# The stack sets STILLROOM_HOST, STILLROOM_PORT and STILLROOM_DATABASE itself.
+
+# Password of the stack's Postgres user `stillroom`.
+POSTGRES_PASSWORD=
+
+# Password of Grafana's `admin` user (http://127.0.0.1:3000).
+GRAFANA_ADMIN_PASSWORD=
+"""
+
+
 def env_example() -> str:
     lines = [
         "# Stillroom settings: copy to .env and uncomment what you change.",
@@ -45,7 +61,7 @@ def env_example() -> str:
     for f in settings_fields():
         default = "" if f.default is None else str(f.default)
         lines += ["", f"# {f.metadata['help']}", f"# {env_name(f.name)}={default}"]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + COMPOSE_ENV
 
 
 def replace_between(text: str, name: str, body: str) -> str:

@@ -7,6 +7,7 @@ from typing import Protocol
 
 from storage.datasets import Dataset, DatasetItem, DatasetPair, Split
 from storage.errors import StoreUnavailable
+from storage.jobs import Job, JobEvent, JobUpdate, NewJobEvent
 from storage.models import CaptureRecord
 from storage.query import (
     CaptureFilter,
@@ -151,6 +152,37 @@ class Store(Protocol):
         """A dataset's preference pairs with the preferred and rejected captures."""
         ...
 
+    # -- training jobs (see storage.jobs) ----------------------------------------------------
+
+    async def create_job(self, job: Job) -> None:
+        """Record a new job (its id is new)."""
+        ...
+
+    async def get_job(self, job_id: str) -> Job | None: ...
+
+    async def list_jobs(
+        self, *, active: bool = False, after: str | None = None, limit: int = 50
+    ) -> tuple[list[Job], bool]:
+        """Jobs newest first (``active``: not finished only), after the id ``after``; and
+        whether there are more."""
+        ...
+
+    async def update_job(self, job_id: str, update: JobUpdate) -> Job | None:
+        """Apply ``update``; the job as it is now (None: unknown id). A finished job's status
+        never changes again."""
+        ...
+
+    async def add_job_events(self, job_id: str, events: Sequence[NewJobEvent]) -> int:
+        """Append events in order; one whose ``source_id`` is recorded already is skipped.
+        The number added."""
+        ...
+
+    async def job_events(
+        self, job_id: str, *, after: int = 0, limit: int = 100
+    ) -> tuple[list[JobEvent], bool]:
+        """A job's events with ``seq`` past ``after``, oldest first; and whether there are more."""
+        ...
+
     async def ping(self) -> None:
         """Raise ``StoreError`` unless the database answers a trivial query."""
         ...
@@ -270,3 +302,25 @@ class NullStore:
     ) -> AsyncIterator[list[tuple[DatasetPair, StoredCapture | None, StoredCapture | None]]]:
         return
         yield
+
+    async def create_job(self, job: Job) -> None:
+        raise StoreUnavailable("capture is off: there is no store to keep training jobs in")
+
+    async def get_job(self, job_id: str) -> Job | None:
+        return None
+
+    async def list_jobs(
+        self, *, active: bool = False, after: str | None = None, limit: int = 50
+    ) -> tuple[list[Job], bool]:
+        return [], False
+
+    async def update_job(self, job_id: str, update: JobUpdate) -> Job | None:
+        return None
+
+    async def add_job_events(self, job_id: str, events: Sequence[NewJobEvent]) -> int:
+        return 0
+
+    async def job_events(
+        self, job_id: str, *, after: int = 0, limit: int = 100
+    ) -> tuple[list[JobEvent], bool]:
+        return [], False

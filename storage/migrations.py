@@ -269,6 +269,53 @@ def m004_datasets(conn: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m005_training_jobs(conn: sqlite3.Connection) -> None:
+    """Training jobs (``storage.jobs``) and their events.
+
+    ``training_jobs``: one row per job; ``hyperparameters``, ``provider_files`` and ``error``
+    are JSON text. No credentials: ``provider_url`` says where the job lives, the key comes
+    from the settings when the provider is called. ``training_job_events``: the job's events
+    in ``seq`` order (the read cursor); ``source_id`` (the provider's event id) is unique per
+    job, so polling the same provider events twice records them once.
+    """
+    _execute_script(
+        conn,
+        """
+        CREATE TABLE training_jobs (
+            id TEXT PRIMARY KEY,
+            backend TEXT NOT NULL,
+            status TEXT NOT NULL,
+            dataset TEXT NOT NULL,
+            dataset_hash TEXT NOT NULL,
+            base_model TEXT NOT NULL,
+            method TEXT NOT NULL,
+            hyperparameters TEXT NOT NULL,
+            suffix TEXT,
+            seed INTEGER,
+            provider_url TEXT,
+            provider_job_id TEXT,
+            provider_files TEXT NOT NULL,
+            fine_tuned_model TEXT,
+            error TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            finished_at REAL
+        );
+        CREATE TABLE training_job_events (
+            seq INTEGER PRIMARY KEY,
+            job_id TEXT NOT NULL REFERENCES training_jobs (id) ON DELETE CASCADE,
+            created_at REAL NOT NULL,
+            level TEXT NOT NULL,
+            message TEXT NOT NULL,
+            data TEXT,
+            source_id TEXT,
+            UNIQUE (job_id, source_id)
+        );
+        """,
+    )
+
+
 def _ensure_table(conn: sqlite3.Connection) -> None:
     conn.execute(
         "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"

@@ -38,6 +38,7 @@ from storage._rows import (
     encode_batch,
 )
 from storage._sqlite_datasets import DatasetTables
+from storage._sqlite_jobs import JobTables
 from storage._sqlite_queries import CaptureQueries
 from storage.datasets import DatasetExists
 from storage.errors import StoreBusy, StoreError, StoreFull, StoreUnavailable
@@ -157,7 +158,7 @@ def _migrate_sync(path: str, busy_timeout_s: float) -> list[str]:
         conn.close()
 
 
-class SQLiteStore(CaptureQueries, DatasetTables):
+class SQLiteStore(CaptureQueries, DatasetTables, JobTables):
     """Capture storage in one SQLite file. See the module docstring for the guarantees."""
 
     def __init__(

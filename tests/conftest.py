@@ -119,3 +119,130 @@ def make_capture(**overrides: Any) -> CaptureRecord:
     }
     fields.update(overrides)
     return CaptureRecord(**fields)
+
+
+# -- the Postgres backend ------------------------------------------------------------------------
+
+PG_HOST = "127.0.0.1:5432"
+PG_DATABASE = "test"
+
+
+def _pg_try(url: str) -> str | None:
+    """None when ``url`` answers a query, else why not."""
+    import asyncio
+
+    async def probe() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(url, timeout=3)
+        try:
+            await conn.fetchval("SELECT 1")
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _pg_admin(url: str, *statements: str) -> None:
+    import asyncio
+
+    async def run() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(url, timeout=5)
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    """The base URL of the test Postgres (trust auth, database ``test``).
+
+    Unreachable: the test is skipped, unless ``STILLROOM_TEST_REQUIRE_POSTGRES=1`` (CI), where
+    it fails.
+    """
+    import getpass
+    import importlib.util
+
+    required = os.environ.get("STILLROOM_TEST_REQUIRE_POSTGRES") == "1"
+    if importlib.util.find_spec("asyncpg") is None:
+        reason = "asyncpg is not installed"
+    else:
+        reasons = []
+        for user in dict.fromkeys(("postgres", getpass.getuser())):
+            url = f"postgresql://{user}@{PG_HOST}/{PG_DATABASE}"
+            why = _pg_try(url)
+            if why is None:
+                return url
+            reasons.append(f"{user}: {why}")
+        reason = "; ".join(reasons)
+    message = f"Postgres at {PG_HOST}/{PG_DATABASE} is not usable ({reason})"
+    if required:
+        pytest.fail(message + " and STILLROOM_TEST_REQUIRE_POSTGRES=1")
+    pytest.skip(message)
+
+
+@pytest.fixture
+def pg_url(pg_server: str) -> Iterator[str]:
+    """A ``postgresql://`` URL whose ``search_path`` is a fresh schema, dropped afterwards."""
+    import uuid
+
+    schema = f"stillroom_test_{os.getpid()}_{uuid.uuid4().hex[:12]}"
+    _pg_admin(pg_server, f'CREATE SCHEMA "{schema}"')
+    try:
+        yield f"{pg_server}?search_path={schema}"
+    finally:
+        _pg_admin(pg_server, f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    """A ``--database`` value for each backend: a SQLite file, or a fresh Postgres schema."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store.db")
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+async def store(store_url: str) -> Any:
+    """A migrated, empty store on each backend."""
+    from storage.connect import open_store
+
+    s: Any = open_store(store_url)
+    await s.migrate()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def count_rows(store: Any, table: str) -> int:
+    """Rows in one of the store's tables, on either backend (tests only)."""
+    from storage.postgres import PostgresStore
+
+    if isinstance(store, PostgresStore):
+
+        async def fetch(conn: Any) -> int:
+            return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
+
+        return await store._read(fetch)
+    import sqlite3
+
+    db = sqlite3.connect(store.path)
+    try:
+        return int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    finally:
+        db.close()
+
+
+def is_postgres(store: Any) -> bool:
+    return type(store).__name__ == "PostgresStore"

@@ -581,8 +581,8 @@ def test_bad_edits(db, tmp_path, args, message):
 
 
 def test_database_that_cannot_be_used(tmp_path):
-    postgres = invoke(["stats", "--database", "postgresql://db/stillroom"])
-    assert "Postgres backend is not available" in one_error_line(postgres, 1)
+    postgres = invoke(["stats", "--database", "postgresql://db.invalid/stillroom"])
+    assert "postgresql://db.invalid/stillroom: postgres:" in one_error_line(postgres, 1)
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"this is not a database" * 100)
     result = invoke(["stats", "--database", str(junk)])

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +20,12 @@ import anyio
 import openai
 import pytest
 
+from storage.connect import open_store
 from storage.datasets import DatasetExists, DatasetSpec, create_dataset, parse_spec
 from storage.export import export_dataset
 from storage.query import CaptureFilter, CapturePatch, QueryError, parse_filter
-from storage.sqlite import SQLiteStore
 from storage.validate import validate_jsonl
-from tests.conftest import make_capture
+from tests.conftest import _pg_admin, make_capture
 
 TOOLS = [
     {
@@ -47,7 +49,7 @@ def make_traffic(base: str) -> dict[str, Any]:
     tags = {"X-Stillroom-Tags": "task=support"}
     with openai.OpenAI(base_url=base + "/v1", api_key="sk-dataset-test", max_retries=0) as client:
         for i in range(12):
-            client.chat.completions.create(
+            reply = client.chat.completions.create(
                 model="gpt-4o-mini",
                 messages=[
                     {"role": "system", "content": "You are the support bot."},
@@ -56,6 +58,9 @@ def make_traffic(base: str) -> dict[str, Any]:
                 stream=i % 2 == 1,
                 extra_headers=tags,
             )
+            if i % 2 == 1:
+                for _chunk in reply:  # read to the end: no socket left for the GC
+                    pass
         # the same request twice: the mock answers it the same way, an exact duplicate
         for _ in range(2):
             client.chat.completions.create(
@@ -118,9 +123,9 @@ def make_traffic(base: str) -> dict[str, Any]:
     return made
 
 
-def wait_for(db: Path, n: int) -> None:
+def wait_for(db: str, n: int) -> None:
     async def count() -> int:
-        async with SQLiteStore(db) as store:
+        async with open_store(str(db)) as store:
             return await store.count()
 
     deadline = time.monotonic() + 10
@@ -129,23 +134,37 @@ def wait_for(db: Path, n: int) -> None:
         time.sleep(0.05)
 
 
-@pytest.fixture(scope="module")
-def traffic_db(tmp_path_factory: pytest.TempPathFactory, mock_url: str) -> tuple[Path, dict]:
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def traffic_db(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, mock_url: str
+) -> Iterator[tuple[str, dict]]:
+    """The proxy's captures of ``make_traffic`` on each backend (a file, or a Postgres schema)."""
     from proxy.app import create_app
     from proxy.settings import load_settings
     from tests._server import serve_in_thread
 
-    db = tmp_path_factory.mktemp("datasets") / "proxy.db"
-    settings = load_settings({}, upstream=mock_url, database=str(db), flush_interval="0.01")
-    with serve_in_thread(create_app(settings), http="httptools") as base:
-        made = make_traffic(base)
-        wait_for(db, 22)
-    return db, made
+    schema = None
+    if request.param == "sqlite":
+        db = str(tmp_path_factory.mktemp("datasets") / "proxy.db")
+    else:
+        server = request.getfixturevalue("pg_server")
+        schema = f"stillroom_datasets_{uuid.uuid4().hex[:12]}"
+        _pg_admin(server, f'CREATE SCHEMA "{schema}"')
+        db = f"{server}?search_path={schema}"
+    try:
+        settings = load_settings({}, upstream=mock_url, database=db, flush_interval="0.01")
+        with serve_in_thread(create_app(settings), http="httptools") as base:
+            made = make_traffic(base)
+            wait_for(db, 22)
+        yield db, made
+    finally:
+        if schema is not None:
+            _pg_admin(server, f'DROP SCHEMA "{schema}" CASCADE')
 
 
-def build(db: Path, spec: DatasetSpec, patch: tuple[str, CapturePatch] | None = None) -> Any:
+def build(db: str, spec: DatasetSpec, patch: tuple[str, CapturePatch] | None = None) -> Any:
     async def run() -> Any:
-        async with SQLiteStore(db) as store:
+        async with open_store(str(db)) as store:
             if patch is not None:
                 await store.update_capture(*patch)
             return await create_dataset(store, spec)
@@ -153,9 +172,9 @@ def build(db: Path, spec: DatasetSpec, patch: tuple[str, CapturePatch] | None = 
     return anyio.run(run)
 
 
-def export(db: Path, name: str, fmt: str, split: str | None, out: Path) -> dict[str, Any]:
+def export(db: str, name: str, fmt: str, split: str | None, out: Path) -> dict[str, Any]:
     async def run() -> dict[str, Any]:
-        async with SQLiteStore(db) as store:
+        async with open_store(str(db)) as store:
             return await export_dataset(store, name, fmt, split, out)
 
     return anyio.run(run)
@@ -214,7 +233,7 @@ def test_gates_splits_and_exports_of_real_traffic(traffic_db, tmp_path: Path) ->
         assert len(lines(tmp_path / name)) == dataset.counts["train"]
 
 
-def lines_of(db: Path, name: str, tmp_path: Path) -> list[dict[str, Any]]:
+def lines_of(db: str, name: str, tmp_path: Path) -> list[dict[str, Any]]:
     out = tmp_path / "validation.jsonl"
     export(db, name, "openai-chat", "validation", out)
     return lines(out)
@@ -252,7 +271,7 @@ def test_corrections_and_feedback_make_preference_pairs(traffic_db, tmp_path: Pa
     corrected = {"role": "assistant", "content": "A better answer, written by a person."}
 
     async def curate() -> str:
-        async with SQLiteStore(db) as store:
+        async with open_store(str(db)) as store:
             page = await store.list_captures(parse_filter({"search": ["invoices"]}), limit=1)
             target = page.items[0].record.id
             await store.update_capture(target, CapturePatch(corrected_response=corrected))
@@ -321,11 +340,11 @@ def chat_record(text: str, answer: str, created_at: float) -> Any:
     )
 
 
-def test_holdout_by_time_never_shares_a_prompt(tmp_path: Path) -> None:
+def test_holdout_by_time_never_shares_a_prompt(store_url: str) -> None:
     records = [chat_record(f"prompt {i % 6}", f"answer {i}", 1000.0 + i) for i in range(30)]
 
     async def run() -> Any:
-        async with SQLiteStore(tmp_path / "t.db") as store:
+        async with open_store(store_url) as store:
             await store.migrate()
             await store.write_batch(records)
             return await create_dataset(
@@ -340,7 +359,7 @@ def test_holdout_by_time_never_shares_a_prompt(tmp_path: Path) -> None:
 
     async def splits() -> dict[str, set[str]]:
         seen: dict[str, set[str]] = {}
-        async with SQLiteStore(tmp_path / "t.db") as store:
+        async with open_store(store_url) as store:
             async for batch in store.dataset_items("by-time"):
                 for item, stored in batch:
                     assert stored is not None
@@ -353,7 +372,7 @@ def test_holdout_by_time_never_shares_a_prompt(tmp_path: Path) -> None:
         assert not ("holdout" in used and len(used) > 1), prompt
 
 
-def test_near_duplicates_and_the_token_limit(tmp_path: Path) -> None:
+def test_near_duplicates_and_the_token_limit(store_url: str) -> None:
     records = [
         chat_record("Where is order 1234?", "It shipped.", 1000.0),
         chat_record("  where IS order 98765? ", "It shipped.", 1001.0),
@@ -362,7 +381,7 @@ def test_near_duplicates_and_the_token_limit(tmp_path: Path) -> None:
     ]
 
     async def run() -> Any:
-        async with SQLiteStore(tmp_path / "n.db") as store:
+        async with open_store(store_url) as store:
             await store.migrate()
             await store.write_batch(records)
             exact = await create_dataset(store, DatasetSpec(name="exact", max_tokens=200))

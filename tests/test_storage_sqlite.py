@@ -225,6 +225,14 @@ EXPECTED_COLUMNS = {
     "capture_tags": ["seq", "key", "value"],
     "blobs": ["id", "hash", "refs", "codec", "size", "data"],
     "_migrations": ["name", "applied_at"],
+    "training_jobs": [
+        "id", "backend", "status", "dataset", "dataset_hash", "base_model", "method",
+        "hyperparameters", "suffix", "seed", "provider_url", "provider_job_id", "provider_files",
+        "fine_tuned_model", "error", "created_at", "updated_at", "finished_at",
+    ],
+    "training_job_events": [
+        "seq", "job_id", "created_at", "level", "message", "data", "source_id",
+    ],
 }  # fmt: skip
 EXPECTED_INDEXES = {
     "captures_created_at": ["created_at"],

@@ -292,7 +292,7 @@ async def test_a_bad_record_is_isolated_from_its_batch(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "error",
-    [RuntimeError("weird"), KeyError("k"), StoreUnavailable("gone"), ZeroDivisionError()],
+    [RuntimeError("weird"), KeyError("k"), ZeroDivisionError()],
 )
 async def test_weird_store_errors_never_escape(error: Exception) -> None:
     failing = True
@@ -386,6 +386,41 @@ async def test_stop_cancels_a_write_that_hangs() -> None:
     with anyio.fail_after(5):
         await writer.stop(deadline_s=0.05)
     assert writer.dropped_total["shutdown"] == 8
+    assert_balanced(writer)
+
+
+async def test_an_unavailable_store_keeps_records_queued_until_it_returns() -> None:
+    """Issue 7: an outage holds records in the bounded queue, drops only the overflow, and the
+    backlog drains once the store is back."""
+    down = True
+    store = FakeStore(fail=lambda records: StoreUnavailable("connection refused") if down else None)
+    writer = make_writer(store, max_queue=30, batch_size=5, flush_interval=0.001, max_attempts=2)
+    await writer.start()
+    accepted = [r for r in (make_capture() for _ in range(40)) if writer.submit(r)]
+    assert len(accepted) == 30 and writer.dropped_total["queue_full"] == 10
+    await eventually(lambda: store.calls >= 20)  # well past max_attempts: still retrying
+    assert writer.dropped_total["storage_error"] == 0
+    assert writer.queue_depth == 30
+    assert_balanced(writer)
+    down = False
+    await eventually(lambda: writer.queue_depth == 0)
+    assert store.ids == [r.id for r in accepted]
+    assert writer.written_total == 30
+    assert writer.dropped_total == {**dict.fromkeys(writer.dropped_total, 0), "queue_full": 10}
+    await writer.stop(deadline_s=5)
+    assert_balanced(writer)
+
+
+async def test_backoff_while_unavailable_is_capped() -> None:
+    store = FakeStore(fail=lambda records: StoreUnavailable("down"))
+    writer = make_writer(store, retry_initial_s=0.01, retry_max_s=0.04, flush_interval=0.001)
+    await writer.start()
+    writer.submit(make_capture())
+    await anyio.sleep(0.5)
+    # 0.01 + 0.02 + 0.04 + 0.04 …: about a dozen tries in half a second, not hundreds
+    assert 5 <= store.calls <= 20
+    await writer.stop(deadline_s=0.05)
+    assert writer.dropped_total["shutdown"] == 1
     assert_balanced(writer)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from proxy.admin._job_schemas import job_component_schemas
 from proxy.admin.params import (
     CAPTURE_ID_PATTERN,
     DATASET_NAME_PATTERN,
@@ -166,6 +167,7 @@ def component_schemas() -> dict[str, Any]:
         ),
         "Stats": _stats_schema(),
         **_dataset_schemas(filter_props),
+        **job_component_schemas(),
         "Filter": {
             "description": "the filter language of the query parameters, JSON-typed",
             **closed_object(filter_props, optional=tuple(filter_props)),

@@ -1,5 +1,5 @@
 """The admin HTTP API under ``/admin`` (docs/admin-api.md): browse, curate and delete captures;
-datasets live in ``proxy.admin.datasets``.
+datasets live in ``proxy.admin.datasets``, training jobs in ``proxy.admin.jobs``.
 
 ``create_admin_app(token, store)`` is mounted by ``StillroomApp`` only when an admin token is
 set. Every request passes ``AdminAuth`` first; the routes then check their input against the
@@ -32,6 +32,7 @@ from proxy.admin._http import (
 )
 from proxy.admin.auth import AdminAuth
 from proxy.admin.datasets import dataset_routes
+from proxy.admin.jobs import RunnerProvider, job_routes
 from proxy.admin.openapi import openapi_document
 from proxy.admin.params import (
     is_capture_id,
@@ -54,7 +55,9 @@ from storage.base import Store
 from storage.query import CaptureFilter
 
 
-def create_admin_app(token: Secret, store: StoreProvider) -> ASGIApp:
+def create_admin_app(
+    token: Secret, store: StoreProvider, runner: RunnerProvider | None = None
+) -> ASGIApp:
     """The ``/admin`` ASGI app: the bearer check in front of the routes."""
     routes = AdminRoutes(store)
     site = Starlette(
@@ -68,6 +71,7 @@ def create_admin_app(token: Secret, store: StoreProvider) -> ASGIApp:
             Route("/admin/captures/{id}", routes.delete_capture, methods=["DELETE"]),
             Route("/admin/stats", routes.stats, methods=["GET"]),
             *dataset_routes(store),
+            *job_routes(store, runner or (lambda: None)),
         ],
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from proxy.admin._job_schemas import JOB_ERRORS, job_paths
 from proxy.admin._schemas import component_schemas, ref
 from proxy.admin.params import (
     CAPTURE_ID_PATTERN,
@@ -67,6 +68,7 @@ _ERRORS = {
     "413": "body over 1 MiB",
     "422": 'empty filter without "all": true',
     "503": "the store failed or is not open",
+    **JOB_ERRORS,
 }
 
 
@@ -169,6 +171,7 @@ def _paths() -> dict[str, Any]:
             )
         },
         **_dataset_paths(),
+        **job_paths(_operation, _query, _ok, _links),
         "/admin/openapi.json": {
             "get": _operation(
                 "getOpenAPI",
@@ -274,7 +277,7 @@ def _document() -> dict[str, Any]:
             "title": "Stillroom admin API",
             "version": "1",
             "description": "Browse, curate and delete captured exchanges; build and export "
-            "datasets (docs/admin-api.md).",
+            "datasets; train students (docs/admin-api.md).",
         },
         "security": [{"bearer": []}],
         "paths": _paths(),

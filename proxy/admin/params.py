@@ -19,6 +19,7 @@ from typing import Any, Final, cast
 
 from storage.datasets import SPLITS, DatasetSpec, Split, parse_spec
 from storage.export import FORMATS
+from storage.jobs import JOB_ID_PATTERN
 from storage.models import OUTCOMES
 from storage.query import (
     DEFAULT_PAGE,
@@ -329,3 +330,47 @@ def parse_body_spec(body: object) -> DatasetSpec:
         if isinstance(tokens, float) and tokens.is_integer():  # 4096.0 is an integer in JSON
             body = {**body, "max_tokens": int(tokens)}
     return parse_spec(body)
+
+
+# -- training jobs (proxy.admin.jobs) -------------------------------------------------------------
+
+JOB_LIST_SCHEMAS: Final[dict[str, dict[str, Any]]] = {
+    "after": {
+        "type": "string",
+        "pattern": JOB_ID_PATTERN,
+        "description": "the last id of the previous page (exclusive)",
+    },
+    "limit": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+}
+JOB_EVENT_SCHEMAS: Final[dict[str, dict[str, Any]]] = {
+    "after": {
+        "type": "integer",
+        "minimum": 0,
+        "maximum": 999_999_999,
+        "default": 0,
+        "description": "the last event id already read (events come oldest first)",
+    },
+    "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+}
+
+
+def parse_page_params(
+    params: Mapping[str, Sequence[str]], schemas: Mapping[str, Mapping[str, Any]]
+) -> dict[str, str | int]:
+    """Query parameters against ``schemas`` (scalars, each at most once), with the defaults;
+    integers come back as ``int``."""
+    out: dict[str, str | int] = {}
+    for name, raws in params.items():
+        schema = schemas.get(name)
+        if schema is None:
+            raise QueryError(
+                f"unknown parameter {name!r:.80}; known: {', '.join(schemas)}", param=name
+            )
+        if len(raws) > 1:
+            raise QueryError(f"{name} given more than once", param=name)
+        _check_text(name, raws[0], schema)
+        out[name] = int(raws[0]) if schema["type"] == "integer" else raws[0]
+    for name, schema in schemas.items():
+        if name not in out and "default" in schema:
+            out[name] = schema["default"]
+    return out
