@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import itertools
 import json
 import logging
 import os
@@ -33,6 +35,8 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +45,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from proxy.writer import CaptureWriter  # noqa: E402
+from storage.connect import open_store  # noqa: E402
 from storage.ids import new_capture_id  # noqa: E402
 from storage.models import CaptureRecord, Usage  # noqa: E402
 from storage.sqlite import SQLiteStore  # noqa: E402
@@ -131,6 +136,29 @@ class Corpus:
         return [self.record(system) for _ in range(n)]
 
 
+@contextlib.asynccontextmanager
+async def bench_store(target: Path | str) -> AsyncIterator[Any]:
+    """A migrated store: SQLite at the path, or a fresh schema of the Postgres URL (dropped)."""
+    if isinstance(target, Path):
+        async with SQLiteStore(target) as store:
+            await store.migrate()
+            yield store
+        return
+    import asyncpg
+
+    schema = f"bench_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(target)
+    await admin.execute(f"CREATE SCHEMA {schema}")
+    store = open_store(f"{target}?search_path={schema}")
+    try:
+        await store.migrate()
+        yield store
+    finally:
+        await store.close()
+        await admin.execute(f"DROP SCHEMA {schema} CASCADE")
+        await admin.close()
+
+
 def fresh_path(workdir: Path, name: str) -> Path:
     path = workdir / name
     for suffix in ("", "-wal", "-shm"):
@@ -138,9 +166,8 @@ def fresh_path(workdir: Path, name: str) -> Path:
     return path
 
 
-async def store_alone(path: Path, records: list[CaptureRecord]) -> tuple[float, float]:
-    async with SQLiteStore(path) as store:
-        await store.migrate()
+async def store_alone(path: Path | str, records: list[CaptureRecord]) -> tuple[float, float]:
+    async with bench_store(path) as store:
         cpu, wall = time.process_time(), time.perf_counter()
         for start in range(0, len(records), BATCH):
             await store.write_batch(records[start : start + BATCH])
@@ -149,9 +176,8 @@ async def store_alone(path: Path, records: list[CaptureRecord]) -> tuple[float, 
     return len(records) / wall, cpu / len(records) * 1e6
 
 
-async def writer_and_store(path: Path, records: list[CaptureRecord]) -> tuple[float, float]:
-    async with SQLiteStore(path) as store:
-        await store.migrate()
+async def writer_and_store(path: Path | str, records: list[CaptureRecord]) -> tuple[float, float]:
+    async with bench_store(path) as store:
         writer = CaptureWriter(
             store,
             max_queue=len(records),
@@ -209,6 +235,12 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=None, help="where the database files go")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="also measure PostgresStore at this server (each round in a fresh schema), "
+        "e.g. postgresql://postgres@127.0.0.1/test",
+    )
     args = parser.parse_args()
     corpus = Corpus(seed=42)
     data = {
@@ -225,17 +257,22 @@ async def main() -> None:
     }
     with tempfile.TemporaryDirectory(prefix="stillroom-writer-bench-", dir=args.dir) as tmp:
         workdir = Path(tmp)
-        for workload, records in data.items():
+        backends: list[tuple[str, Any]] = [("", lambda: fresh_path(workdir, "bench.db"))]
+        if args.postgres:
+            backends.append(("postgres ", lambda: args.postgres))
+        for (backend, target), (workload, records) in itertools.product(backends, data.items()):
             for name, bench in (("store", store_alone), ("writer", writer_and_store)):
                 rates, cpus = [], []
                 for _ in range(args.rounds):
-                    rate, cpu = await bench(fresh_path(workdir, "bench.db"), records)
+                    rate, cpu = await bench(target(), records)
                     rates.append(rate)
                     cpus.append(cpu)
-                results[f"{name}_{workload}_records_per_s"] = summary(rates)
-                results[f"{name}_{workload}_cpu_us_per_record"] = statistics.median(cpus)
+                key = f"{backend.strip() + '_' if backend else ''}{name}_{workload}"
+                results[f"{key}_records_per_s"] = summary(rates)
+                results[f"{key}_cpu_us_per_record"] = statistics.median(cpus)
                 print(
-                    f"{name:>6} {workload:>6}: {statistics.median(rates):8.0f} records/s median "
+                    f"{backend}{name:>6} {workload:>6}: {statistics.median(rates):8.0f} "
+                    "records/s median "
                     f"(best {max(rates):.0f}, worst {min(rates):.0f}), "
                     f"{statistics.median(cpus):.0f} µs CPU per record",
                     flush=True,

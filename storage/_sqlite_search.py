@@ -7,7 +7,8 @@ deleted row's terms only when ``optimize`` rewrites the whole index, which takes
 million captures; rewriting one partition takes a fraction of a second. Search pages walk the
 partitions newest first and stop when a page is full, so they cost no more than one index.
 
-Contentless means the index holds tokens, not text, and forgets a row only when given the row's
+Pages are ordered by rowid, never ranked, so no per-row sizes are kept (``columnsize = 0``:
+about a tenth less work per insert). Contentless means the index holds tokens, not text, and forgets a row only when given the row's
 text again: deletes recompute it with ``search_text`` from the stored record. After a hard
 delete ``optimize`` rewrites the touched partitions without the deleted rows, so with
 ``secure_delete`` their terms leave the file too.
@@ -47,7 +48,7 @@ def _ensure(conn: sqlite3.Connection, parts: Iterable[int]) -> None:
         ).rowcount:
             conn.execute(
                 f"CREATE VIRTUAL TABLE {table(part)} USING fts5 (prompt, answer, content = '',"
-                " tokenize = 'unicode61 remove_diacritics 2')"
+                " columnsize = 0, tokenize = 'unicode61 remove_diacritics 2')"
             )
 
 
