@@ -7,7 +7,7 @@ database, so a dataset built by one replica is listed and exported by every othe
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -73,14 +73,14 @@ async def _list(conn: Any) -> list[bytes]:
     return [row[0] for row in rows]
 
 
-async def _get(conn: Any, name: str) -> tuple[int, bytes] | None:
+async def dataset_row(conn: Any, name: str) -> tuple[int, bytes] | None:
     row = await conn.fetchrow(
         "SELECT id, info FROM datasets WHERE name = $1 AND state = 'ready'", name
     )
     return (int(row[0]), bytes(row[1])) if row else None
 
 
-async def _items(
+async def items(
     conn: Any, dataset_id: int, split: Split | None, after: int, limit: int
 ) -> list[tuple[DatasetItem, StoredCapture | None]]:
     sql = (
@@ -102,7 +102,7 @@ async def _items(
     ]
 
 
-async def _pairs(
+async def pairs(
     conn: Any, dataset_id: int, split: Split | None, after: int, limit: int
 ) -> list[tuple[DatasetPair, StoredCapture | None, StoredCapture | None]]:
     sql = (
@@ -128,7 +128,7 @@ async def _pairs(
     ]
 
 
-async def _captures_after(
+async def captures_after(
     conn: Any, where: CaptureFilter, after_seq: int, limit: int
 ) -> tuple[list[StoredCapture], int]:
     check_search(where)
@@ -171,7 +171,7 @@ class PgDatasetTables:
         return [dataset_from_json(info) for info in await self._read(_list)]
 
     async def get_dataset(self, name: str) -> Dataset | None:
-        found = await self._read(_get, name)
+        found = await self._read(dataset_row, name)
         return dataset_from_json(found[1]) if found else None
 
     async def delete_dataset(self, name: str) -> bool:
@@ -179,42 +179,3 @@ class PgDatasetTables:
             _status, "DELETE FROM datasets WHERE name = $1 AND state = 'ready'", name
         )
         return changed > 0
-
-    async def iter_captures(
-        self, where: CaptureFilter, *, batch: int = 500
-    ) -> AsyncIterator[list[StoredCapture]]:
-        after = 0
-        while True:
-            found, after = await self._read(_captures_after, where, after, batch)
-            if found:
-                yield found
-            if len(found) < batch:
-                return
-
-    async def dataset_items(
-        self, name: str, split: Split | None = None, *, batch: int = 500
-    ) -> AsyncIterator[list[tuple[DatasetItem, StoredCapture | None]]]:
-        found = await self._read(_get, name)
-        if found is None:
-            return
-        after = -1
-        while True:
-            rows = await self._read(_items, found[0], split, after, batch)
-            if not rows:
-                return
-            yield rows
-            after = rows[-1][0].position
-
-    async def dataset_pairs(
-        self, name: str, split: Split | None = None, *, batch: int = 500
-    ) -> AsyncIterator[list[tuple[DatasetPair, StoredCapture | None, StoredCapture | None]]]:
-        found = await self._read(_get, name)
-        if found is None:
-            return
-        after = -1
-        while True:
-            rows = await self._read(_pairs, found[0], split, after, batch)
-            if not rows:
-                return
-            yield rows
-            after = rows[-1][0].position

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -127,14 +127,14 @@ def _list(conn: sqlite3.Connection) -> list[bytes]:
     return [row[0] for row in rows]
 
 
-def _get(conn: sqlite3.Connection, name: str) -> tuple[int, bytes] | None:
+def dataset_row(conn: sqlite3.Connection, name: str) -> tuple[int, bytes] | None:
     row = conn.execute(
         "SELECT id, info FROM datasets WHERE name = ? AND state = 'ready'", (name,)
     ).fetchone()
     return (row[0], row[1]) if row else None
 
 
-def _items(
+def items(
     conn: sqlite3.Connection, dataset_id: int, split: Split | None, after: int, limit: int
 ) -> list[tuple[DatasetItem, StoredCapture | None]]:
     sql = (
@@ -155,7 +155,7 @@ def _items(
     ]
 
 
-def _pairs(
+def pairs(
     conn: sqlite3.Connection, dataset_id: int, split: Split | None, after: int, limit: int
 ) -> list[tuple[DatasetPair, StoredCapture | None, StoredCapture | None]]:
     sql = (
@@ -182,7 +182,7 @@ def _pairs(
     ]
 
 
-def _captures_after(
+def captures_after(
     conn: sqlite3.Connection, where: CaptureFilter, after_seq: int, limit: int
 ) -> tuple[list[StoredCapture], int]:
     """Up to ``limit`` captures past ``after_seq`` in stored order, and the last one's seq."""
@@ -224,7 +224,7 @@ class DatasetTables(StoreCalls):
         return [dataset_from_json(info) for info in await self._read(_list)]
 
     async def get_dataset(self, name: str) -> Dataset | None:
-        found = await self._read(_get, name)
+        found = await self._read(dataset_row, name)
         return dataset_from_json(found[1]) if found else None
 
     async def delete_dataset(self, name: str) -> bool:
@@ -232,42 +232,3 @@ class DatasetTables(StoreCalls):
             _transaction, "DELETE FROM datasets WHERE name = ? AND state = 'ready'", (name,)
         )
         return changed > 0
-
-    async def iter_captures(
-        self, where: CaptureFilter, *, batch: int = 500
-    ) -> AsyncIterator[list[StoredCapture]]:
-        after = 0
-        while True:
-            found, after = await self._read(_captures_after, where, after, batch)
-            if found:
-                yield found
-            if len(found) < batch:
-                return
-
-    async def dataset_items(
-        self, name: str, split: Split | None = None, *, batch: int = 500
-    ) -> AsyncIterator[list[tuple[DatasetItem, StoredCapture | None]]]:
-        found = await self._read(_get, name)
-        if found is None:
-            return
-        after = -1
-        while True:
-            rows = await self._read(_items, found[0], split, after, batch)
-            if not rows:
-                return
-            yield rows
-            after = rows[-1][0].position
-
-    async def dataset_pairs(
-        self, name: str, split: Split | None = None, *, batch: int = 500
-    ) -> AsyncIterator[list[tuple[DatasetPair, StoredCapture | None, StoredCapture | None]]]:
-        found = await self._read(_get, name)
-        if found is None:
-            return
-        after = -1
-        while True:
-            rows = await self._read(_pairs, found[0], split, after, batch)
-            if not rows:
-                return
-            yield rows
-            after = rows[-1][0].position

@@ -16,12 +16,8 @@ from storage import _sqlite_edit, _sqlite_read
 from storage.query import (
     CaptureFilter,
     CapturePatch,
-    Conversation,
-    Order,
-    Page,
     Stats,
     StoredCapture,
-    is_capture_id,
 )
 
 T = TypeVar("T")
@@ -40,29 +36,7 @@ class StoreCalls:
 
 
 class CaptureQueries(StoreCalls):
-    async def list_captures(
-        self,
-        where: CaptureFilter,
-        *,
-        after: str | None = None,
-        limit: int = 50,
-        order: Order = "desc",
-    ) -> Page:
-        items, has_more = await self._read(_sqlite_read.list_page, where, after, limit, order)
-        return Page(items, has_more)
-
-    async def get_capture(
-        self, ref: str, *, key_fingerprint: str | None = None
-    ) -> StoredCapture | None:
-        by_response_id = not is_capture_id(ref)
-        return await self._read(_sqlite_read.get_one, ref, key_fingerprint, by_response_id)
-
-    async def conversation(self, capture_id: str) -> Conversation | None:
-        found = await self._read(_sqlite_read.chain, capture_id)
-        if found is None:
-            return None
-        captures, complete, missing = found
-        return Conversation(captures, complete, missing)
+    """Curation, deletes and stats; the plain reads are in ``storage._store_reads``."""
 
     async def update_capture(self, capture_id: str, patch: CapturePatch) -> StoredCapture | None:
         return await self._write(_sqlite_edit.update_one, capture_id, patch)
@@ -102,6 +76,3 @@ class CaptureQueries(StoreCalls):
             with contextlib.suppress(OSError):
                 size += os.path.getsize(self.path + suffix)
         return Stats(store_bytes=size, **values)
-
-    async def time_quantile(self, where: CaptureFilter, q: float) -> float | None:
-        return await self._read(_sqlite_read.time_quantile, where, q)

@@ -8,10 +8,10 @@ million captures; rewriting one partition takes a fraction of a second. Search p
 partitions newest first and stop when a page is full, so they cost no more than one index.
 
 Pages are ordered by rowid, never ranked, so no per-row sizes are kept (``columnsize = 0``:
-about a tenth less work per insert). Contentless means the index holds tokens, not text, and forgets a row only when given the row's
-text again: deletes recompute it with ``search_text`` from the stored record. After a hard
-delete ``optimize`` rewrites the touched partitions without the deleted rows, so with
-``secure_delete`` their terms leave the file too.
+about a tenth less work per insert). Contentless means the index holds tokens, not text, and
+forgets a row only when given the row's text again: deletes recompute it with ``search_text``
+from the stored record. After a hard delete ``optimize`` rewrites the touched partitions
+without the deleted rows, so with ``secure_delete`` their terms leave the file too.
 """
 
 from __future__ import annotations

@@ -32,23 +32,20 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from storage import _pg_edit, _pg_migrations, _pg_read
+from storage import _pg_datasets, _pg_edit, _pg_migrations, _pg_read
 from storage._pg_datasets import PgDatasetTables
 from storage._pg_jobs import PgJobTables
 from storage._rows import EncodedBatch, encode_batch
+from storage._store_reads import ReadSQL, SharedReads
 from storage.datasets import DatasetExists
 from storage.errors import StoreBusy, StoreError, StoreFull, StoreUnavailable
 from storage.models import CaptureRecord
 from storage.query import (
     CaptureFilter,
     CapturePatch,
-    Conversation,
-    Order,
-    Page,
     QueryError,
     Stats,
     StoredCapture,
-    is_capture_id,
 )
 from storage.text import search_text
 
@@ -112,8 +109,20 @@ def _encode(records: Sequence[CaptureRecord]) -> tuple[EncodedBatch, dict[str, s
         raise StoreError(f"cannot encode capture batch: {exc}") from exc
 
 
-class PostgresStore(PgDatasetTables, PgJobTables):
+class PostgresStore(SharedReads, PgDatasetTables, PgJobTables):
     """Capture storage in Postgres. See the module docstring for the guarantees."""
+
+    READS = ReadSQL(
+        list_page=_pg_read.list_page,
+        get_one=_pg_read.get_one,
+        chain=_pg_read.chain,
+        count_where=_pg_read.count_where,
+        time_quantile=_pg_read.time_quantile,
+        captures_after=_pg_datasets.captures_after,
+        dataset_row=_pg_datasets.dataset_row,
+        dataset_items=_pg_datasets.items,
+        dataset_pairs=_pg_datasets.pairs,
+    )
 
     def __init__(
         self,
@@ -235,40 +244,6 @@ class PostgresStore(PgDatasetTables, PgJobTables):
         await self._write(_pg_edit.write_batches, batches, texts)
 
     # -- reads -------------------------------------------------------------------------------
-
-    async def get(self, capture_id: str) -> CaptureRecord | None:
-        found = await self._read(_pg_read.get_one, capture_id, None, False)
-        return found.record if found is not None else None
-
-    async def count(self, where: CaptureFilter | None = None) -> int:
-        return await self._read(_pg_read.count_where, where or CaptureFilter())
-
-    async def time_quantile(self, where: CaptureFilter, q: float) -> float | None:
-        return await self._read(_pg_read.time_quantile, where, q)
-
-    async def list_captures(
-        self,
-        where: CaptureFilter,
-        *,
-        after: str | None = None,
-        limit: int = 50,
-        order: Order = "desc",
-    ) -> Page:
-        items, has_more = await self._read(_pg_read.list_page, where, after, limit, order)
-        return Page(items, has_more)
-
-    async def get_capture(
-        self, ref: str, *, key_fingerprint: str | None = None
-    ) -> StoredCapture | None:
-        by_response_id = not is_capture_id(ref)
-        return await self._read(_pg_read.get_one, ref, key_fingerprint, by_response_id)
-
-    async def conversation(self, capture_id: str) -> Conversation | None:
-        found = await self._read(_pg_read.chain, capture_id)
-        if found is None:
-            return None
-        captures, complete, missing = found
-        return Conversation(captures, complete, missing)
 
     async def stats(self, where: CaptureFilter | None = None) -> Stats:
         values = await self._read(_pg_read.stats_rows, where or CaptureFilter())

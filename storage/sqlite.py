@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from storage import _sqlite_read, _sqlite_search, migrations
+from storage import _sqlite_datasets, _sqlite_read, _sqlite_search, migrations
 from storage._rows import (
     CAPTURE_COLUMNS,
     EncodedBatch,
@@ -40,10 +40,11 @@ from storage._rows import (
 from storage._sqlite_datasets import DatasetTables
 from storage._sqlite_jobs import JobTables
 from storage._sqlite_queries import CaptureQueries
+from storage._store_reads import ReadSQL, SharedReads
 from storage.datasets import DatasetExists
 from storage.errors import StoreBusy, StoreError, StoreFull, StoreUnavailable
 from storage.models import CaptureRecord
-from storage.query import CaptureFilter, QueryError
+from storage.query import QueryError
 
 T = TypeVar("T")
 _SQLITE_FULL = 13
@@ -158,8 +159,20 @@ def _migrate_sync(path: str, busy_timeout_s: float) -> list[str]:
         conn.close()
 
 
-class SQLiteStore(CaptureQueries, DatasetTables, JobTables):
+class SQLiteStore(SharedReads, CaptureQueries, DatasetTables, JobTables):
     """Capture storage in one SQLite file. See the module docstring for the guarantees."""
+
+    READS = ReadSQL(
+        list_page=_sqlite_read.list_page,
+        get_one=_sqlite_read.get_one,
+        chain=_sqlite_read.chain,
+        count_where=_sqlite_read.count_where,
+        time_quantile=_sqlite_read.time_quantile,
+        captures_after=_sqlite_datasets.captures_after,
+        dataset_row=_sqlite_datasets.dataset_row,
+        dataset_items=_sqlite_datasets.items,
+        dataset_pairs=_sqlite_datasets.pairs,
+    )
 
     def __init__(
         self,
@@ -328,10 +341,6 @@ class SQLiteStore(CaptureQueries, DatasetTables, JobTables):
 
     # -- reads -------------------------------------------------------------------------------
 
-    async def get(self, capture_id: str) -> CaptureRecord | None:
-        found = await self._read(_sqlite_read.get_one, capture_id, None, False)
-        return found.record if found is not None else None
-
     # -- finding and curating (storage.query; SQL in _sqlite_read / _sqlite_edit) -------------
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
@@ -351,9 +360,6 @@ class SQLiteStore(CaptureQueries, DatasetTables, JobTables):
             with _translated_errors():
                 result: T = await writer._execute(fn, writer._conn, *args)  # type: ignore[no-untyped-call]
         return result
-
-    async def count(self, where: CaptureFilter | None = None) -> int:
-        return await self._read(_sqlite_read.count_where, where or CaptureFilter())
 
     async def install_secret(self) -> bytes:
         """The install's random 32-byte secret, created on first use (needs migration m002)."""
