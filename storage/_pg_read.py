@@ -23,6 +23,7 @@ import orjson
 from storage._blobs import decompress, manifest_digests
 from storage._rows import CAPTURE_COLUMNS, decode_capture, request_manifest
 from storage._sqlite_read import check_fts_query, fts_query
+from storage._store_reads import stats_values
 from storage.errors import StoreError
 from storage.query import CaptureFilter, Curation, Order, QueryError, StoredCapture
 
@@ -278,29 +279,9 @@ async def stats_rows(conn: Any, where: CaptureFilter) -> dict[str, Any]:
         if where.is_empty()
         else f"capture_tags WHERE seq IN (SELECT seq FROM {source} s)"
     )
-    by_tag: dict[str, dict[str, int]] = {}
-    for key, value, n in await conn.fetch(
+    tag_rows = await conn.fetch(
         f"SELECT key, value, count(*) FROM {tag_source} GROUP BY key, value"
         " ORDER BY count(*) DESC, key, value LIMIT 1000",
         *params,
-    ):
-        by_tag.setdefault(key, {})[value] = n
-
-    def ranked(counts: dict[str, int]) -> dict[str, int]:
-        return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
-
-    return {
-        "captures": sums[0],
-        "input_tokens": sums[1],
-        "output_tokens": sums[2],
-        "total_tokens": sums[3],
-        "cached_tokens": sums[4],
-        "reasoning_tokens": sums[5],
-        "with_feedback": sums[6],
-        "excluded": sums[7],
-        "by_model": ranked(by["model"]),
-        "by_endpoint": ranked(by["endpoint"]),
-        "by_outcome": ranked(by["outcome"]),
-        "by_day": dict(sorted(by["day"].items())),
-        "by_tag": by_tag,
-    }
+    )
+    return stats_values(by, sums, tag_rows)

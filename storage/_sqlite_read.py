@@ -33,6 +33,7 @@ import orjson
 from storage import _sqlite_search
 from storage._blobs import decompress, manifest_digests
 from storage._rows import CAPTURE_COLUMNS, decode_capture, request_manifest
+from storage._store_reads import stats_values
 from storage.errors import StoreError
 from storage.query import CaptureFilter, Curation, Order, QueryError, StoredCapture
 
@@ -391,30 +392,10 @@ def stats_rows(conn: sqlite3.Connection, where: CaptureFilter) -> dict[str, Any]
     tag_source = (
         f"capture_tags WHERE seq IN (SELECT seq FROM {source})" if matched else "capture_tags"
     )
-    by_tag: dict[str, dict[str, int]] = {}
-    for key, value, n in run_query(
+    tag_rows = run_query(
         conn,
         f"SELECT key, value, count(*) FROM {tag_source} GROUP BY key, value"
-        " ORDER BY count(*) DESC LIMIT 1000",
+        " ORDER BY count(*) DESC, key, value LIMIT 1000",
         p,
-    ):
-        by_tag.setdefault(key, {})[value] = n
-
-    def ranked(counts: dict[str, int]) -> dict[str, int]:
-        return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
-
-    return {
-        "captures": sums[0],
-        "input_tokens": sums[1],
-        "output_tokens": sums[2],
-        "total_tokens": sums[3],
-        "cached_tokens": sums[4],
-        "reasoning_tokens": sums[5],
-        "with_feedback": sums[6],
-        "excluded": sums[7],
-        "by_model": ranked(by["model"]),
-        "by_endpoint": ranked(by["endpoint"]),
-        "by_outcome": ranked(by["outcome"]),
-        "by_day": dict(sorted(by["day"].items())),
-        "by_tag": by_tag,
-    }
+    )
+    return stats_values(by, sums, tag_rows)

@@ -111,3 +111,31 @@ class SharedReads:
                 return
             yield rows
             after = rows[-1][0].position
+
+
+def stats_values(by: dict[str, dict[str, int]], sums: list[int], tag_rows: Any) -> dict[str, Any]:
+    """``Stats`` fields from a backend's aggregates: counts by model, endpoint, outcome and day,
+    the eight sums (captures, five token kinds, with feedback, excluded), and
+    ``(key, value, count)`` tag rows, most frequent first."""
+    by_tag: dict[str, dict[str, int]] = {}
+    for key, value, n in tag_rows:
+        by_tag.setdefault(key, {})[value] = n
+
+    def ranked(counts: dict[str, int]) -> dict[str, int]:
+        return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+    return {
+        "captures": sums[0],
+        "input_tokens": sums[1],
+        "output_tokens": sums[2],
+        "total_tokens": sums[3],
+        "cached_tokens": sums[4],
+        "reasoning_tokens": sums[5],
+        "with_feedback": sums[6],
+        "excluded": sums[7],
+        "by_model": ranked(by["model"]),
+        "by_endpoint": ranked(by["endpoint"]),
+        "by_outcome": ranked(by["outcome"]),
+        "by_day": dict(sorted(by["day"].items())),
+        "by_tag": by_tag,
+    }
