@@ -198,9 +198,12 @@ class StillroomApp:
             self.state.retention = Retention(store, days=s.retention_days)
             self.state.retention.start()
         if s.capture:
-            # Training jobs are polled here; the work itself runs at the provider.
+            # Training jobs are polled here; the work itself runs at the provider or, for the
+            # local backend, in a training process of its own.
             provider = ProviderConfig(
-                s.train_base_url, s.train_api_key.reveal() if s.train_api_key else None
+                s.train_base_url,
+                s.train_api_key.reveal() if s.train_api_key else None,
+                models_dir=s.models_dir,
             )
             self.state.runner = JobRunner(store, provider, poll_interval=s.train_poll_interval)
             self.state.runner.start()

@@ -20,7 +20,7 @@ import click
 from proxy._capture_options import SourceSpec, json_option, source_options
 from proxy._capture_source import JSON, BadUsage
 from proxy._job_source import JobSource
-from proxy.training.runner import LOCAL_UNAVAILABLE, ProviderConfig
+from proxy.training.runner import ProviderConfig
 
 Command = Callable[..., Any]
 
@@ -35,8 +35,14 @@ def provider_options(command: Command) -> Command:
     """``--provider-url``, ``--provider-key`` → ``provider: ProviderConfig``."""
 
     @functools.wraps(command)
-    def wrapper(*args: Any, provider_url: str | None, provider_key: str | None, **kw: Any) -> Any:
-        return command(*args, provider=_provider(provider_url, provider_key), **kw)
+    def wrapper(
+        *args: Any,
+        provider_url: str | None,
+        provider_key: str | None,
+        models_dir: str | None,
+        **kw: Any,
+    ) -> Any:
+        return command(*args, provider=_provider(provider_url, provider_key, models_dir), **kw)
 
     options = [
         click.option(
@@ -49,22 +55,32 @@ def provider_options(command: Command) -> Command:
             help="The provider's API key; better given in the environment; never stored "
             "[env: STILLROOM_TRAIN_API_KEY].",
         ),
+        click.option(
+            "--models-dir", metavar="DIR", envvar="STILLROOM_MODELS_DIR",
+            help="Where local jobs write their models (database mode) "
+            "[env: STILLROOM_MODELS_DIR; default: ./stillroom-models].",
+        ),
     ]  # fmt: skip
     for option in reversed(options):
         wrapper = option(wrapper)
     return wrapper
 
 
-def _provider(url: str | None, key: str | None) -> ProviderConfig:
+def _provider(url: str | None, key: str | None, models_dir: str | None) -> ProviderConfig:
     from proxy.settings import SettingsError, load_settings
 
+    overrides = {"train_base_url": url or "", "train_api_key": key or ""}
+    if models_dir is not None:
+        overrides["models_dir"] = models_dir
     try:
-        settings = load_settings({}, train_base_url=url or "", train_api_key=key or "")
+        settings = load_settings({}, **overrides)
     except SettingsError as exc:
         message = str(exc).replace("--train-base-url", "--provider-url")
         raise BadUsage(message.replace("--train-api-key", "--provider-key")) from None
     secret = settings.train_api_key
-    return ProviderConfig(settings.train_base_url, secret.reveal() if secret else None)
+    return ProviderConfig(
+        settings.train_base_url, secret.reveal() if secret else None, settings.models_dir
+    )
 
 
 def _run(source: SourceSpec, provider: ProviderConfig, action: Callable[[JobSource], Any]) -> Any:
@@ -89,7 +105,7 @@ def _flags_given() -> bool:
     context = click.get_current_context()
     return any(
         context.get_parameter_source(name) is ParameterSource.COMMANDLINE
-        for name in ("provider_url", "provider_key")
+        for name in ("provider_url", "provider_key", "models_dir")
     )
 
 
@@ -131,21 +147,42 @@ def train() -> None:
 @click.option("--dataset", "dataset", metavar="NAME", required=True, help="The dataset.")
 @click.option(
     "--backend", type=click.Choice(["openai", "local"]), required=True,
-    help="openai: an OpenAI-compatible fine-tuning provider; local: not in this version.",
+    help="local: TRL on this machine (the train extra; GPU if there is one); openai: an "
+    "OpenAI-compatible fine-tuning provider.",
 )  # fmt: skip
-@click.option("--base-model", metavar="MODEL", help="The model to fine-tune.")
+@click.option(
+    "--base-model", metavar="MODEL",
+    help="The model to fine-tune: the provider's model name, or for --backend local a local "
+    "model directory or .gguf file (required; nothing is downloaded).",
+)  # fmt: skip
 @click.option(
     "--method", type=click.Choice(["sft", "dpo"]),
     help="Supervised fine-tuning, or DPO on the dataset's preference pairs [default: sft].",
 )  # fmt: skip
 @click.option("--epochs", type=click.IntRange(1, 50), help="n_epochs.")
 @click.option(
+    "--learning-rate", type=click.FloatRange(min=0, min_open=True),
+    help="learning_rate, absolute (local default: 2e-4 with LoRA, 2e-5 without).",
+)  # fmt: skip
+@click.option(
     "--learning-rate-multiplier", type=click.FloatRange(min=0, min_open=True),
-    help="learning_rate_multiplier.",
+    help="learning_rate_multiplier (OpenAI).",
 )  # fmt: skip
 @click.option("--batch-size", type=click.IntRange(1, 256), help="batch_size.")
+@click.option(
+    "--lora-rank", type=click.IntRange(0, 1024),
+    help="LoRA rank, 0 for full fine-tuning (local) [default: 16].",
+)  # fmt: skip
+@click.option(
+    "--max-length", type=click.IntRange(16, 131_072),
+    help="Drop examples longer than this many tokens (local) [default: 2048].",
+)  # fmt: skip
+@click.option(
+    "--max-steps", type=click.IntRange(min=1),
+    help="Stop after this many optimiser steps (local) [default: as the epochs take].",
+)  # fmt: skip
 @click.option("--suffix", metavar="TEXT", help="Put in the fine-tuned model's name.")
-@click.option("--seed", type=click.IntRange(0, 2_147_483_647), help="The provider's seed.")
+@click.option("--seed", type=click.IntRange(0, 2_147_483_647), help="The training seed.")
 @provider_options
 @json_option
 @source_options
@@ -155,8 +192,12 @@ def start(
     base_model: str | None,
     method: str | None,
     epochs: int | None,
+    learning_rate: float | None,
     learning_rate_multiplier: float | None,
     batch_size: int | None,
+    lora_rank: int | None,
+    max_length: int | None,
+    max_steps: int | None,
     suffix: str | None,
     seed: int | None,
     provider: ProviderConfig,
@@ -165,20 +206,34 @@ def start(
 ) -> None:
     """Start training on dataset NAME; prints the job (its id is what the other commands take).
 
-    The dataset's train split (and validation split, if not empty) is exported in OpenAI's
-    format, uploaded, and the provider's fine-tuning job created.
+    local: the dataset's train and validation splits are exported for TRL and a training
+    process started on this machine (or the server's, with --url); it writes the adapter, the
+    merged model, metrics and a model card to STILLROOM_MODELS_DIR/JOB_ID. openai: they are
+    exported in OpenAI's format, uploaded, and the provider's fine-tuning job created.
     """
-    if backend == "local":
-        raise BadUsage(LOCAL_UNAVAILABLE)
-    hyperparameters = {
-        key: value
-        for key, value in (
-            ("n_epochs", epochs),
-            ("learning_rate_multiplier", learning_rate_multiplier),
-            ("batch_size", batch_size),
-        )
-        if value is not None
+    given = {
+        "n_epochs": epochs,
+        "learning_rate": learning_rate,
+        "learning_rate_multiplier": learning_rate_multiplier,
+        "batch_size": batch_size,
+        "lora_rank": lora_rank,
+        "max_length": max_length,
+        "max_steps": max_steps,
     }
+    only = {
+        "local": ("lora_rank", "max_length", "max_steps"),
+        "openai": ("learning_rate_multiplier",),
+    }
+    for other, names in only.items():
+        for name in names:
+            if other != backend and given[name] is not None:
+                flag = "--" + name.replace("_", "-")
+                raise BadUsage(f"{flag} is for --backend {other}")
+    if backend == "local" and base_model is None:
+        raise BadUsage(
+            "--base-model is required with --backend local: a local model directory or .gguf file"
+        )
+    hyperparameters = {key: value for key, value in given.items() if value is not None}
     options = {"base_model": base_model, "method": method, "suffix": suffix, "seed": seed}
     body: JSON = {"dataset": dataset, "backend": backend, "hyperparameters": hyperparameters}
     body.update({key: value for key, value in options.items() if value is not None})

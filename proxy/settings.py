@@ -154,6 +154,13 @@ def _parse_train_base_url(raw: str) -> str | None:
     return value
 
 
+def _parse_models_dir(raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        raise ValueError("must be a directory path")
+    return value
+
+
 def _parse_database(raw: str) -> str:
     value = raw.strip()
     if not value:
@@ -312,6 +319,13 @@ class Settings:
         "API key for the fine-tuning provider (never stored: jobs keep only the base URL).",
         metavar="KEY",
         secret=True,
+    )
+    models_dir: str = _setting(
+        "./stillroom-models",
+        _parse_models_dir,
+        "Directory where local training jobs write their data, adapter, merged model, metrics "
+        "and model card (one subdirectory per job).",
+        metavar="DIR",
     )
     train_poll_interval: float = _setting(
         5.0,

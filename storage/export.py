@@ -56,6 +56,7 @@ from storage._export_formats import (
     hf_row,
     openai_chat_row,
 )
+from storage._export_formats import hf_message as hf_message  # for the local trainer
 from storage._export_parquet import MissingPyarrow, ParquetRows, check_pyarrow
 from storage._export_rows import ToRow, item_rows, pair_rows
 from storage.datasets import SPLITS, Dataset, Progress, Split

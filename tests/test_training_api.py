@@ -92,7 +92,7 @@ def test_cancel_and_failure_through_the_api(db, start_proxy, mock_url):
     ("body", "status", "code"),
     [
         ({"dataset": "missing"}, 404, "not_found"),
-        ({"dataset": "qa", "backend": "local"}, 400, "backend_unavailable"),
+        ({"dataset": "qa", "backend": "local"}, 400, "base_model_not_found"),
         ({"dataset": "qa", "method": "rl"}, 400, "invalid_request"),
         ({"dataset": "qa", "hyperparameters": {"n_epochs": [1]}}, 400, "invalid_request"),
         ({"dataset": "qa", "extra": 1}, 400, "invalid_request"),

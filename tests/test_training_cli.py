@@ -80,7 +80,7 @@ def test_local_flags_failure_and_cancel(db, mock_url):
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["start", "--dataset", "qa", "--backend", "local"], 2, "not available in this version"),
+        (["start", "--dataset", "qa", "--backend", "local"], 2, "--base-model is required"),
         (["start", "--dataset", "qa", "--backend", "openai"], 1, "no fine-tuning provider"),
         (["start", "--dataset", "nope", "--backend", "openai", "--provider-url",
           "http://127.0.0.1:9/v1", "--provider-key", PROVIDER_KEY], 1, "no dataset named nope"),

@@ -223,7 +223,7 @@ async def test_jobs_are_refused_up_front(db, mock_url):
         assert missing.value.code == "dataset_not_found"
         with pytest.raises(JobRefused) as local:
             await runner.create(JobSpec("qa", backend="local"))
-        assert "not available in this version" in local.value.message
+        assert local.value.code == "base_model_not_found"  # gpt-4o-mini is no local model
         bare = JobRunner(store, ProviderConfig())
         with pytest.raises(JobRefused) as unconfigured:
             await bare.create(JobSpec("qa"))

@@ -5,22 +5,24 @@ that are not finished, launches the ones not yet launched and polls the others, 
 status changes and new events back. A restarted server therefore resumes where the last one
 stopped, and ``stillroom train status`` can do one pass for one job with no server at all.
 
-Nothing here trains: a backend hands the work to a provider (or, later, a child process) and
-returns; the runner only awaits HTTP calls and store writes, so it shares the proxy's event
-loop without holding it. In ``stillroom serve`` the lifespan starts it (``start``) and stops it
-(``stop``); its loop is one task made with ``proxy.tasks.spawn``.
+Nothing here trains: a backend hands the work to a provider (or, for the local backend, a
+training process of its own) and returns; the runner only awaits HTTP calls, store writes and
+file reads, so it shares the proxy's event loop without holding it. In ``stillroom serve`` the
+lifespan starts it (``start``) and stops it (``stop``); its loop is one task made with
+``proxy.tasks.spawn``.
 
 Failures: a provider that cannot answer (``TransientError``) is retried with exponential backoff
 (a warning event marks the first failure of a streak); launching gives up after
 ``launch_attempts`` tries and fails the job. A provider's refusal (``ProviderRefused``) fails the
 job with the provider's error. A backend that cannot be built here (no key for the job's
-provider URL, or the local backend) is skipped with one log line per job.
+provider URL) is skipped with one log line per job.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import tempfile
 import time
@@ -50,11 +52,6 @@ from storage.jobs import (
 
 logger = logging.getLogger("stillroom.training")
 
-LOCAL_UNAVAILABLE = (
-    "the local backend is not available in this version of Stillroom; use --backend openai "
-    "with an OpenAI-compatible fine-tuning provider"
-)
-
 
 class JobRefused(Exception):
     """A job that cannot be created or changed; ``param`` names the field, ``code`` the reason."""
@@ -68,11 +65,13 @@ class JobRefused(Exception):
 
 @dataclass(frozen=True, slots=True)
 class ProviderConfig:
-    """The OpenAI-compatible provider this process may call: its base URL (with ``/v1``) and
-    key. The key is used only for jobs whose recorded URL is this same URL."""
+    """Where this process may train: the OpenAI-compatible provider (its base URL with ``/v1``
+    and key; the key is used only for jobs whose recorded URL is this same URL), and the
+    directory local jobs write to (``STILLROOM_MODELS_DIR``)."""
 
     base_url: str | None = None
     api_key: str | None = None
+    models_dir: str = "./stillroom-models"
 
     def __repr__(self) -> str:  # never the key
         return f"ProviderConfig(base_url={self.base_url!r})"
@@ -143,6 +142,8 @@ class JobRunner:
     async def create(self, spec: JobSpec) -> Job:
         """Record a job for ``spec`` (status ``validating_files``); a pass launches it."""
         provider_url = self._check_backend(spec.backend)
+        if spec.backend == "local":
+            spec = self._check_local(spec)
         dataset = await self.store.get_dataset(spec.dataset)
         if dataset is None:
             raise JobRefused(
@@ -350,10 +351,22 @@ class JobRunner:
                 job.id, [NewJobEvent(f"provider unavailable, retrying: {exc}", "warn")]
             )
 
+    def _check_local(self, spec: JobSpec) -> JobSpec:
+        """``spec`` with the base model's absolute path; raises ``JobRefused``."""
+        from proxy.training.local import LocalJobInvalid, check_local_job
+
+        try:
+            checked = check_local_job(spec.base_model, spec.method, spec.hyperparameters)
+        except LocalJobInvalid as exc:
+            raise JobRefused(exc.message, code=exc.code, param=exc.param) from None
+        return dataclasses.replace(
+            spec, base_model=checked.base_model, hyperparameters=checked.hyperparameters
+        )
+
     def _check_backend(self, backend: str) -> str | None:
         """The provider URL a new job on ``backend`` records; raises ``JobRefused``."""
         if backend == "local":
-            raise JobRefused(LOCAL_UNAVAILABLE, code="backend_unavailable", param="backend")
+            return None
         if self.provider.base_url is None or not self.provider.api_key:
             raise JobRefused(
                 "no fine-tuning provider is configured: set STILLROOM_TRAIN_BASE_URL and "
@@ -364,8 +377,12 @@ class JobRunner:
         return self.provider.base_url
 
     def _backend(self, job: Job) -> TrainingBackend:
-        if job.backend != "openai":
-            raise BackendUnavailable(LOCAL_UNAVAILABLE)
+        if job.backend == "local":
+            key: tuple[str, str | None] = ("local", self.provider.models_dir)
+            backend = self._backends.get(key)
+            if backend is None:
+                backend = self._backends[key] = self._make_backend("local", None)
+            return backend
         url = job.provider_url
         if url is None or url != self.provider.base_url or not self.provider.api_key:
             raise BackendUnavailable(
@@ -380,6 +397,10 @@ class JobRunner:
         return backend
 
     def _default_backend(self, backend: str, url: str | None) -> TrainingBackend:
+        if backend == "local":
+            from proxy.training.local import LocalBackend
+
+            return LocalBackend(Path(self.provider.models_dir))
         from proxy.training.openai_compatible import OpenAICompatibleBackend
 
         assert url is not None
