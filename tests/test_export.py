@@ -600,7 +600,7 @@ async def test_hf_exports_load_with_datasets_and_render(
 
 
 async def test_trl_applies_its_chat_template_to_hf_rows(tmp_path: Path) -> None:
-    # The torch-free part of TRL, installed without its dependencies (requirements/dev-nodeps.txt).
+    # TRL's own chat-template helpers, as its SFTTrainer applies them (the train extra).
     import trl.data_utils as data_utils
 
     store = store_of(tool_capture())

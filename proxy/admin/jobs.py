@@ -5,7 +5,8 @@ server's ``JobRunner`` exports the dataset and launches it on its next pass, whi
 triggers. The provider is the server's own (``STILLROOM_TRAIN_BASE_URL`` and
 ``STILLROOM_TRAIN_API_KEY``): a request can never name another URL, so the key cannot be sent
 anywhere an admin-API caller chooses. Without a provider configured a create answers 400
-``provider_not_configured``; ``backend: "local"`` answers 400 ``backend_unavailable``.
+``provider_not_configured``. ``backend: "local"`` trains on the server's machine, from a base
+model on its disk (``STILLROOM_MODELS_DIR``); what cannot work there is refused with 400.
 """
 
 from __future__ import annotations

@@ -75,8 +75,9 @@ def train(job_dir: Path, spec: dict[str, Any], events: files.EventLog) -> Path:
     )
     result = trainer.train()
     eval_loss = None
-    if valid_rows:
-        eval_loss = _finite(trainer.evaluate().get("eval_loss"))
+    if valid_rows:  # the last epoch's evaluation, or one now if no epoch ended (max_steps)
+        logged = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
+        eval_loss = _finite(logged[-1] if logged else trainer.evaluate().get("eval_loss"))
     model_dir = _save(job_dir, trainer, tokenizer, params, events)
     runtime = time.monotonic() - started
     train_seconds = float(result.metrics.get("train_runtime", 0.0))
@@ -365,7 +366,7 @@ def _card(
     vllm = (
         f"vllm serve {spec['base_model']} --enable-lora --lora-modules student={lora} "
         "--enable-auto-tool-choice --tool-call-parser hermes"
-        if params["lora_rank"]
+        if params["lora_rank"] and not str(spec["base_model"]).lower().endswith(".gguf")
         else f"vllm serve {job_dir / files.MERGED_DIR} --enable-auto-tool-choice "
         "--tool-call-parser hermes"
     )
