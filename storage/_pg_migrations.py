@@ -181,6 +181,29 @@ MIGRATIONS: Final[tuple[PgMigration, ...]] = (
         );
         """,
     ),
+    PgMigration(
+        "m006_documents",
+        """
+        CREATE TABLE documents (
+            kind text NOT NULL,
+            id text NOT NULL,
+            version bigint NOT NULL,
+            created_at double precision NOT NULL,
+            updated_at double precision NOT NULL,
+            body text NOT NULL,
+            PRIMARY KEY (kind, id)
+        );
+        CREATE INDEX documents_by_update ON documents (kind, updated_at);
+        CREATE TABLE document_items (
+            seq bigserial PRIMARY KEY,
+            kind text NOT NULL,
+            parent text NOT NULL,
+            created_at double precision NOT NULL,
+            body text NOT NULL
+        );
+        CREATE INDEX document_items_by_parent ON document_items (kind, parent, seq);
+        """,
+    ),
 )
 
 

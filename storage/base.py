@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from storage.datasets import Dataset, DatasetItem, DatasetPair, Split
+from storage.documents import Document, Item
 from storage.errors import StoreUnavailable
 from storage.jobs import Job, JobEvent, JobUpdate, NewJobEvent
 from storage.models import CaptureRecord
@@ -183,6 +184,42 @@ class Store(Protocol):
         """A job's events with ``seq`` past ``after``, oldest first; and whether there are more."""
         ...
 
+    # -- documents: evals and routes (see storage.documents) ---------------------------------
+
+    async def put_document(
+        self, kind: str, doc_id: str, body: dict[str, Any], *, if_version: int | None = None
+    ) -> Document:
+        """Create or replace a document; ``if_version`` (0: must not exist) or
+        ``VersionConflict``. The document as written, its version one more."""
+        ...
+
+    async def get_document(self, kind: str, doc_id: str) -> Document | None: ...
+
+    async def list_documents(
+        self, kind: str, *, after: str | None = None, limit: int = 50
+    ) -> tuple[list[Document], bool]:
+        """Documents of ``kind`` by id, descending, after the id ``after``; and whether there
+        are more."""
+        ...
+
+    async def delete_document(self, kind: str, doc_id: str) -> bool:
+        """Delete a document and its items; whether it existed."""
+        ...
+
+    async def documents_changed(self, kind: str) -> tuple[float, int]:
+        """The newest ``updated_at`` of ``kind`` and how many there are (0.0, 0 for none)."""
+        ...
+
+    async def add_items(self, kind: str, parent: str, bodies: Sequence[dict[str, Any]]) -> int:
+        """Append items under the document ``parent``; the number added."""
+        ...
+
+    async def list_items(
+        self, kind: str, parent: str, *, after: int = 0, limit: int = 100
+    ) -> tuple[list[Item], bool]:
+        """Items with ``seq`` past ``after``, oldest first; and whether there are more."""
+        ...
+
     async def ping(self) -> None:
         """Raise ``StoreError`` unless the database answers a trivial query."""
         ...
@@ -323,4 +360,31 @@ class NullStore:
     async def job_events(
         self, job_id: str, *, after: int = 0, limit: int = 100
     ) -> tuple[list[JobEvent], bool]:
+        return [], False
+
+    async def put_document(
+        self, kind: str, doc_id: str, body: dict[str, Any], *, if_version: int | None = None
+    ) -> Document:
+        raise StoreUnavailable(f"capture is off: there is no store to keep {kind}s in")
+
+    async def get_document(self, kind: str, doc_id: str) -> Document | None:
+        return None
+
+    async def list_documents(
+        self, kind: str, *, after: str | None = None, limit: int = 50
+    ) -> tuple[list[Document], bool]:
+        return [], False
+
+    async def delete_document(self, kind: str, doc_id: str) -> bool:
+        return False
+
+    async def documents_changed(self, kind: str) -> tuple[float, int]:
+        return 0.0, 0
+
+    async def add_items(self, kind: str, parent: str, bodies: Sequence[dict[str, Any]]) -> int:
+        return 0
+
+    async def list_items(
+        self, kind: str, parent: str, *, after: int = 0, limit: int = 100
+    ) -> tuple[list[Item], bool]:
         return [], False

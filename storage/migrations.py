@@ -316,6 +316,40 @@ def m005_training_jobs(conn: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m006_documents(conn: sqlite3.Connection) -> None:
+    """Evals and routes (``storage.documents``): versioned JSON documents and their items.
+
+    ``documents``: one row per (kind, id); ``version`` counts writes (optimistic concurrency,
+    and how replicas notice a change); ``body`` is JSON text. ``document_items``: appended
+    records under a document (an eval's graded examples, a route's events and shadow pairs),
+    read in ``seq`` order.
+    """
+    _execute_script(
+        conn,
+        """
+        CREATE TABLE documents (
+            kind TEXT NOT NULL,
+            id TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            body TEXT NOT NULL,
+            PRIMARY KEY (kind, id)
+        );
+        CREATE INDEX documents_by_update ON documents (kind, updated_at);
+        CREATE TABLE document_items (
+            seq INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL,
+            parent TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            body TEXT NOT NULL
+        );
+        CREATE INDEX document_items_by_parent ON document_items (kind, parent, seq);
+        """,
+    )
+
+
 def _ensure_table(conn: sqlite3.Connection) -> None:
     conn.execute(
         "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"

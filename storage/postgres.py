@@ -34,6 +34,7 @@ import asyncpg
 
 from storage import _pg_datasets, _pg_edit, _pg_migrations, _pg_read
 from storage._pg_datasets import PgDatasetTables
+from storage._pg_documents import PgDocumentTables
 from storage._pg_jobs import PgJobTables
 from storage._rows import EncodedBatch, encode_batch
 from storage._store_reads import ReadSQL, SharedReads
@@ -109,7 +110,7 @@ def _encode(records: Sequence[CaptureRecord]) -> tuple[EncodedBatch, dict[str, s
         raise StoreError(f"cannot encode capture batch: {exc}") from exc
 
 
-class PostgresStore(SharedReads, PgDatasetTables, PgJobTables):
+class PostgresStore(SharedReads, PgDatasetTables, PgJobTables, PgDocumentTables):
     """Capture storage in Postgres. See the module docstring for the guarantees."""
 
     READS = ReadSQL(

@@ -38,6 +38,7 @@ from storage._rows import (
     encode_batch,
 )
 from storage._sqlite_datasets import DatasetTables
+from storage._sqlite_documents import DocumentTables
 from storage._sqlite_jobs import JobTables
 from storage._sqlite_queries import CaptureQueries
 from storage._store_reads import ReadSQL, SharedReads
@@ -159,7 +160,7 @@ def _migrate_sync(path: str, busy_timeout_s: float) -> list[str]:
         conn.close()
 
 
-class SQLiteStore(SharedReads, CaptureQueries, DatasetTables, JobTables):
+class SQLiteStore(SharedReads, CaptureQueries, DatasetTables, JobTables, DocumentTables):
     """Capture storage in one SQLite file. See the module docstring for the guarantees."""
 
     READS = ReadSQL(
