@@ -20,7 +20,7 @@ import time
 
 from proxy.errors import InvalidRequest
 from proxy.records import ExchangeCopy, build_record
-from proxy.tags import parse_capture_switch, parse_tags
+from proxy.tags import SOURCE_TAG, parse_capture_switch, parse_source, parse_tags
 from proxy.types import Scope
 from proxy.writer import CaptureWriter
 from storage.ids import new_capture_id
@@ -35,6 +35,7 @@ CAPTURED_ENDPOINTS: dict[str, str] = {
     "/v1/embeddings": "embeddings",
 }
 SCOPE_TAGS = "stillroom.tags"  # tags from a /t/... base-URL prefix, set by the app
+SCOPE_SERVED_BY = "stillroom.served_by"  # the route decision's tags, set by the router
 SCOPE_CAPTURE = "stillroom.capture"  # False when the prefix said capture=off
 SCOPE_PREFIX_ERROR = "stillroom.prefix_error"  # an InvalidRequest found in the prefix
 
@@ -136,6 +137,12 @@ class CapturePolicy:
             raise prefix_error
         header_tags = stillroom_headers.get(b"x-stillroom-tags")
         tags = parse_tags(header_tags.decode("latin-1"), "X-Stillroom-Tags") if header_tags else {}
+        source = stillroom_headers.get(b"x-stillroom-source")
+        if source is not None:
+            tags[SOURCE_TAG] = parse_source(source.decode("latin-1"))
+        served_by = scope.get(SCOPE_SERVED_BY)
+        if served_by is not None:
+            tags.update(served_by)
         switch = stillroom_headers.get(b"x-stillroom-capture")
         wanted = (
             parse_capture_switch(switch.decode("latin-1"), "X-Stillroom-Capture")

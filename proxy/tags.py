@@ -17,6 +17,11 @@ from proxy.errors import InvalidRequest
 MAX_TAGS = 64
 MAX_TAG_LENGTH = 256
 PREFIX = "/t/"
+RESERVED = "stillroom."  # keys the proxy sets itself (storage.examples: SOURCE_TAG…)
+SOURCES = ("eval", "judge", "shadow")  # X-Stillroom-Source: the proxy's own traffic
+SOURCE_TAG = RESERVED + "source"  # storage.examples.SOURCE_TAG: never trained on
+SERVED_BY_TAG = RESERVED + "served_by"  # storage.examples.SERVED_BY_TAG
+ROUTE_TAG = RESERVED + "route"
 
 
 def parse_tags(raw: str, source: str) -> dict[str, str]:
@@ -33,6 +38,12 @@ def parse_tags(raw: str, source: str) -> dict[str, str]:
                 f"Invalid tag {entry!r} in {source}: expected comma-separated key=value entries.",
                 param=source,
             )
+        if key.startswith(RESERVED):
+            raise InvalidRequest(
+                f"Tag key {key[:40]!r} in {source}: keys starting with {RESERVED!r} are the "
+                "proxy's own.",
+                param=source,
+            )
         if len(key) > MAX_TAG_LENGTH or len(value) > MAX_TAG_LENGTH:
             raise InvalidRequest(
                 f"Tag in {source} is longer than {MAX_TAG_LENGTH} characters.", param=source
@@ -41,6 +52,17 @@ def parse_tags(raw: str, source: str) -> dict[str, str]:
     if len(tags) > MAX_TAGS:
         raise InvalidRequest(f"More than {MAX_TAGS} tags in {source}.", param=source)
     return tags
+
+
+def parse_source(raw: str) -> str:
+    """``X-Stillroom-Source``: which of the proxy's own kinds of traffic this is."""
+    value = raw.strip().lower()
+    if value not in SOURCES:
+        raise InvalidRequest(
+            f"X-Stillroom-Source must be one of {', '.join(SOURCES)}, not {raw[:40]!r}.",
+            param="X-Stillroom-Source",
+        )
+    return value
 
 
 def parse_capture_switch(raw: str, source: str) -> bool:
@@ -65,7 +87,8 @@ def split_prefix(path: str) -> tuple[str, str] | None:
 
 
 def metadata_tags(body: Any) -> dict[str, str]:
-    """The request body's ``metadata`` object as tags (values as strings)."""
+    """The request body's ``metadata`` object as tags (values as strings); keys starting with
+    ``stillroom.`` are left out (the proxy's own)."""
     if not isinstance(body, dict):
         return {}
     metadata = body.get("metadata")
@@ -73,6 +96,6 @@ def metadata_tags(body: Any) -> dict[str, str]:
         return {}
     tags: dict[str, str] = {}
     for key, value in metadata.items():
-        if isinstance(key, str) and key:
+        if isinstance(key, str) and key and not key.startswith(RESERVED):
             tags[key] = value if isinstance(value, str) else str(value)
     return tags

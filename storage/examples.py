@@ -24,7 +24,8 @@ Conversion (``../shared/reference/openai-api.md`` §3.9, §6.9):
   teacher's stays in ``original_answer`` for preference pairs).
 
 Gates, in this order; the first that fails names the ``Rejection`` (``REASONS``):
-``not_completed`` (outcome other than completed, or status not 2xx), ``truncated``,
+``not_teacher`` (the proxy's own eval, judge or shadow traffic, tagged ``stillroom.source``, or
+an answer a student gave through a route, ``stillroom.served_by: student:…``), ``not_completed`` (outcome other than completed, or status not 2xx), ``truncated``,
 ``unsupported_endpoint``, ``incomplete_chain``, ``excluded`` (marked by an operator),
 ``negative_feedback`` (score < 0), ``refusal``, ``finish_length``, ``finish_content_filter``,
 ``invalid_tool_arguments`` (a tool call's arguments are not a JSON object text),
@@ -108,7 +109,11 @@ from storage._example_responses import (
 from storage.models import CaptureRecord
 from storage.query import StoredCapture
 
+SOURCE_TAG = "stillroom.source"  # eval, judge or shadow: the proxy's own traffic
+SERVED_BY_TAG = "stillroom.served_by"  # teacher, or student:<route> when a route answered
+
 REASONS: tuple[str, ...] = (
+    "not_teacher",
     "not_completed",
     "truncated",
     "unsupported_endpoint",
@@ -223,6 +228,11 @@ def _check_exchange(
     stored: StoredCapture, chain: list[StoredCapture] | None, ignore_feedback: bool
 ) -> None:
     record = stored.record
+    source = record.tags.get(SOURCE_TAG)
+    if source is not None:
+        raise Unusable("not_teacher", f"the proxy's own {source} traffic")
+    if record.tags.get(SERVED_BY_TAG, "teacher") != "teacher":
+        raise Unusable("not_teacher", "answered by a student, not the teacher")
     problem = _completion_problem(record)
     if problem is not None:
         raise Unusable("not_completed", problem)
