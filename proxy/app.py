@@ -40,6 +40,9 @@ from proxy.forward import Forwarder, RelayConfig
 from proxy.http1 import Http1Pool, Http1Transport
 from proxy.metrics import CaptureMetrics, ProxyMetrics
 from proxy.retention import Retention
+from proxy.routing.router import Router
+from proxy.routing.shadow import ShadowSender
+from proxy.routing.table import RouteTable
 from proxy.settings import Settings
 from proxy.tags import parse_capture_switch, parse_tags, split_prefix
 from proxy.training.runner import JobRunner, ProviderConfig
@@ -66,6 +69,7 @@ class AppState:
     retention: Retention | None = None  # None: captures are kept forever
     stored_completions: StoredCompletions | None = None  # None: forwarded (upstream mode)
     runner: JobRunner | None = None  # None: capture off (no store for jobs)
+    router: Router | None = None  # None: capture off (no store for routes)
 
 
 class StillroomApp:
@@ -186,8 +190,11 @@ class StillroomApp:
             first_byte_timeout=s.first_byte_timeout,
             idle_timeout=s.idle_timeout,
         )
-        forwarder = Forwarder(relay, pool, self.metrics, policy)
-        self.state = AppState(client=client, forwarder=forwarder, store=store, writer=writer)
+        router = await self._router(store) if s.capture else None
+        forwarder = Forwarder(relay, pool, self.metrics, policy, router)
+        self.state = AppState(
+            client=client, forwarder=forwarder, store=store, writer=writer, router=router
+        )
         if s.stored_completions == "local":
             self.state.stored_completions = StoredCompletions(
                 store,
@@ -209,6 +216,14 @@ class StillroomApp:
             self.state.runner.start()
         logger.info("forwarding /v1 to %s; capture %s", s.upstream, "on" if s.capture else "off")
 
+    async def _router(self, store: Store) -> Router:
+        """The routes, read now and kept in step with the store; shadow traffic's workers."""
+        table = RouteTable(store, refresh=self.settings.routes_refresh)
+        await table.start()
+        shadow = ShadowSender(store)
+        shadow.start()
+        return Router(table, shadow)
+
     async def shutdown(self) -> None:
         state, self.state = self.state, None
         if state is None:
@@ -221,6 +236,8 @@ class StillroomApp:
         if state.runner is not None:
             await state.runner.stop()
         await _wait_until(lambda: state.forwarder.active == 0, timeout=5.0)
+        if state.router is not None:
+            await state.router.stop()
         await state.writer.stop(deadline_s=_WRITER_DRAIN_SECONDS)
         lost = state.writer.dropped_total.get("shutdown", 0)
         if lost:

@@ -22,6 +22,7 @@ without the chunked terminator, so the client sees a broken stream, never a clea
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from typing import NamedTuple, Protocol
 import httpx
 
 from proxy import headers as header_policy
+from proxy.capture import SCOPE_SERVED_BY
 from proxy.errors import (
     InvalidRequest,
     ProxyBusy,
@@ -43,6 +45,8 @@ from proxy.errors import (
 )
 from proxy.http1 import UpstreamResponse
 from proxy.metrics import ProxyMetrics, route_template
+from proxy.routing.router import SERVED_BY_HEADER, Fallback, Router
+from proxy.tags import ROUTE_DECISION_TAG, ROUTE_TAG, SERVED_BY_TAG
 from proxy.tasks import spawn
 from proxy.types import Receive, Scope, Send
 from storage.models import Outcome
@@ -117,6 +121,18 @@ class _Watch:
         self.done = False
 
 
+def _caller(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """A short in-memory hash of the caller's credential (a canary's sticky key; never kept)."""
+    for name, value in headers:
+        if name == b"authorization" or name == b"api-key":
+            return hashlib.blake2b(value, digest_size=8).hexdigest()
+    return None
+
+
+def _route_tags(route: str, served_by: str, reason: str) -> dict[str, str]:
+    return {SERVED_BY_TAG: served_by, ROUTE_TAG: route, ROUTE_DECISION_TAG: reason[:200]}
+
+
 def _has_dot_segment(path: str) -> bool:
     return "/./" in path or "/../" in path or path.endswith(("/.", "/.."))
 
@@ -130,11 +146,13 @@ class Forwarder:
         upstream: UpstreamPool,
         metrics: ProxyMetrics,
         tee_factory: TeeFactory | None = None,
+        router: Router | None = None,
     ) -> None:
         self._config = config
         self._pool = upstream
         self._metrics = metrics
         self._tee_factory = tee_factory
+        self._router = router
         self._prefix = config.upstream_path.encode("ascii")
         self.active = 0  # exchanges in progress; shutdown waits for it to reach 0
         self.buffered = 0  # request-body bytes held by exchanges in progress
@@ -182,13 +200,30 @@ class Forwarder:
         out_headers, ours = header_policy.upstream_request_headers(
             scope["headers"], self._config.upstream_api_key
         )
-        tee: Tee | None = None
-        if self._tee_factory is not None:
-            try:
-                tee = self._tee_factory(scope, body, ours)
-            except ProxyError as exc:  # bad X-Stillroom-* input: refused before going upstream
-                self._metrics.count_proxy_error(exc)
-                return await _send_error(send, exc)
+        routed = None
+        if self._router is not None and self._router.table.routes:
+            routed = self._router.decide(
+                scope["method"], scope["path"], body, ours, _caller(scope["headers"])
+            )
+        extra: list[tuple[bytes, bytes]] = []
+        if routed is not None:
+            decision, request_obj = routed
+            served = decision.route.served_by if decision.target == "student" else "teacher"
+            scope[SCOPE_SERVED_BY] = _route_tags(decision.route.name, served, decision.reason)
+            extra.append((SERVED_BY_HEADER, b"teacher"))
+        try:
+            tee = self._tee(scope, body, ours)
+            if routed is not None and routed[0].target == "student":
+                assert self._router is not None
+                result = await self._router.answer(routed[0], routed[1], send, tee)
+                if not isinstance(result, Fallback):
+                    return result
+                reason = f"fallback: {result.reason}"
+                scope[SCOPE_SERVED_BY] = _route_tags(routed[0].route.name, "teacher", reason)
+                tee = self._tee(scope, body, ours)  # a new capture: the teacher's answer
+        except ProxyError as exc:  # bad X-Stillroom-* input: refused before going upstream
+            self._metrics.count_proxy_error(exc)
+            return await _send_error(send, exc)
         target = self._prefix + (scope.get("raw_path") or scope["path"].encode())
         if scope["query_string"]:
             target += b"?" + scope["query_string"]
@@ -200,11 +235,17 @@ class Forwarder:
         watcher = spawn(_watch_disconnect(receive, watch), name="stillroom-disconnect-watch")
         started = time.perf_counter()
         try:
-            return await self._relay(request, send, watch, tee, route, started)
+            status = await self._relay(request, send, watch, tee, route, started, extra)
         finally:
             watch.done = True
             watch.handle.cancel()
             watcher.cancel()
+        if routed is not None and routed[0].shadow and status < 400 and self._router is not None:
+            self._router.shadow(routed[0], routed[1], tee.capture_id if tee else None)
+        return status
+
+    def _tee(self, scope: Scope, body: bytes, ours: dict[bytes, bytes]) -> Tee | None:
+        return self._tee_factory(scope, body, ours) if self._tee_factory is not None else None
 
     async def _relay(
         self,
@@ -214,6 +255,7 @@ class Forwarder:
         tee: Tee | None,
         route: str,
         started: float,
+        extra: list[tuple[bytes, bytes]] | None = None,
     ) -> int:
         response: UpstreamResponse | None = None
         response_started = False
@@ -228,6 +270,8 @@ class Forwarder:
                 raise upstream_error(exc) from exc
             status = response.status
             headers = header_policy.client_response_headers(response.headers)
+            if extra:
+                headers.extend(extra)
             if tee is not None:
                 tee.on_response_start(status, headers)
                 headers.append((b"x-stillroom-capture-id", tee.capture_id.encode()))

@@ -327,6 +327,12 @@ class Settings:
         "and model card (one subdirectory per job).",
         metavar="DIR",
     )
+    routes_refresh: float = _setting(
+        0.5,
+        _parse_positive_float,
+        "Seconds between two checks of the store for route changes made by other replicas.",
+        metavar="SECONDS",
+    )
     train_poll_interval: float = _setting(
         5.0,
         _parse_positive_float,
