@@ -239,12 +239,14 @@ def status(database: str | None, as_json: bool) -> None:
 def _add_commands() -> None:
     from proxy.cli_captures import captures, stats
     from proxy.cli_datasets import datasets
+    from proxy.cli_student import student
     from proxy.cli_train import train
 
     cli.add_command(captures)
     cli.add_command(stats)
     cli.add_command(datasets)
     cli.add_command(train)
+    cli.add_command(student)
 
 
 _add_commands()

@@ -22,6 +22,7 @@ SOURCES = ("eval", "judge", "shadow")  # X-Stillroom-Source: the proxy's own tra
 SOURCE_TAG = RESERVED + "source"  # storage.examples.SOURCE_TAG: never trained on
 SERVED_BY_TAG = RESERVED + "served_by"  # storage.examples.SERVED_BY_TAG
 ROUTE_TAG = RESERVED + "route"
+ROUTE_DECISION_TAG = RESERVED + "route_decision"
 
 
 def parse_tags(raw: str, source: str) -> dict[str, str]:

@@ -196,11 +196,10 @@ def test_promotion_needs_a_passing_eval_unless_forced(tmp_path, student):
         assert refused.value.code == "promotion_required" and "eval_id" in refused.value.message
         store = service.store
         student_ref = {"base_url": student + "/v1", "model": "student-1"}
-        await store.put_document("eval", "eval-bad", {"student": student_ref,
-                                                      "verdict": {"passed": False,
-                                                                  "reasons": ["rouge_l low"]}})  # fmt: skip
-        await store.put_document("eval", "eval-ok", {"student": student_ref,
-                                                     "verdict": {"passed": True}})  # fmt: skip
+        failing = {"passed": False, "reasons": ["rouge_l low"]}
+        await store.put_document("eval", "eval-bad", {"student": student_ref, "verdict": failing})
+        passing = {"passed": True}
+        await store.put_document("eval", "eval-ok", {"student": student_ref, "verdict": passing})
         with pytest.raises(RouteRefused) as failed:
             await service.update("hello", {"mode": "canary", "percent": 10, "eval_id": "eval-bad"})
         assert "rouge_l low" in failed.value.message
