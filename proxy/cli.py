@@ -239,6 +239,7 @@ def status(database: str | None, as_json: bool) -> None:
 def _add_commands() -> None:
     from proxy.cli_captures import captures, stats
     from proxy.cli_datasets import datasets
+    from proxy.cli_eval import eval_group
     from proxy.cli_student import student
     from proxy.cli_train import train
 
@@ -247,6 +248,7 @@ def _add_commands() -> None:
     cli.add_command(datasets)
     cli.add_command(train)
     cli.add_command(student)
+    cli.add_command(eval_group)
 
 
 _add_commands()
