@@ -79,7 +79,11 @@ def captures(count: int, *, start: int = 0, tags: dict[str, str] | None = None) 
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": None, "tool_calls": [teacher_call(n)]},
+                    "message": {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [teacher_call(n)],
+                    },
                     "finish_reason": "tool_calls",
                 }
             ],

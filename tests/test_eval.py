@@ -51,8 +51,10 @@ def traffic(start_proxy, mock_url, tmp_path):
     with start_proxy(upstream=mock_url, database=str(db), flush_interval=0.02) as base:
         for n in range(24):
             team = "search" if n % 2 else "support"
-            with openai.OpenAI(base_url=base + "/v1", api_key="sk-t", max_retries=0,
-                               default_headers={"X-Stillroom-Tags": f"team={team}"}) as client:  # fmt: skip
+            headers = {"X-Stillroom-Tags": f"team={team}"}
+            with openai.OpenAI(
+                base_url=base + "/v1", api_key="sk-t", max_retries=0, default_headers=headers
+            ) as client:
                 extra = {"tools": [TOOL]} if n % 3 == 0 else {}
                 client.chat.completions.create(
                     model="gpt-4o-mini",
