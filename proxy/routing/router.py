@@ -181,7 +181,12 @@ class Router:
         out = header_policy.client_response_headers(
             (name, value) for name, value in response.headers.raw
         )
-        out = [(n, v) for n, v in out if n not in (b"content-length", b"content-encoding")]
+        out = [
+            (n, v)
+            for n, v in out
+            if n not in (b"content-length", b"content-encoding")
+            and not n.startswith(b"x-stillroom-")  # ours to set (student serve sets its own)
+        ]
         out.append((SERVED_BY_HEADER, route.served_by.encode()))
         return out
 
