@@ -114,7 +114,7 @@ def captures(count: int, *, start: int = 0, tags: dict[str, str] | None = None) 
                 upstream_request_id=None,
                 retry_count=0,
                 key_fingerprint="fp_tooltask",
-                response_id=response["id"],
+                response_id=str(response["id"]),
                 previous_response_id=None,
                 has_tool_calls=True,
             )

@@ -40,6 +40,7 @@ from proxy.forward import Forwarder, RelayConfig
 from proxy.http1 import Http1Pool, Http1Transport
 from proxy.metrics import CaptureMetrics, ProxyMetrics
 from proxy.retention import Retention
+from proxy.routing.metrics import RoutingMetrics
 from proxy.routing.router import Router
 from proxy.routing.shadow import ShadowSender
 from proxy.routing.table import RouteTable
@@ -81,6 +82,7 @@ class StillroomApp:
         self.metrics = ProxyMetrics(self.registry)
         self.capture_metrics = CaptureMetrics(self.registry)
         self.state: AppState | None = None
+        self._routing_metrics: RoutingMetrics | None = None
         self._site = Starlette(
             routes=[
                 Route("/healthz", self._healthz, methods=["GET", "HEAD"]),
@@ -95,6 +97,7 @@ class StillroomApp:
                 settings.admin_token,
                 lambda: self.state.store if self.state else None,
                 lambda: self.state.runner if self.state else None,
+                lambda: self.state.router if self.state else None,
             )
             if settings.admin_token is not None
             else None
@@ -222,7 +225,12 @@ class StillroomApp:
         await table.start()
         shadow = ShadowSender(store)
         shadow.start()
-        return Router(table, shadow)
+        router = Router(table, shadow)
+        if self._routing_metrics is None:
+            self._routing_metrics = RoutingMetrics(self.registry, router)
+        else:
+            self._routing_metrics.router = router
+        return router
 
     async def shutdown(self) -> None:
         state, self.state = self.state, None

@@ -103,6 +103,15 @@ def test_shadow_keeps_client_bytes_and_pairs(start_proxy, mock_url, student, tmp
         while len(items(db, "shadow_pair")) < 6:
             assert time.monotonic() < deadline, items(db, "shadow_pair")
             time.sleep(0.1)
+        metrics = httpx.get(base + "/metrics").text
+        peak = next(
+            float(line.split()[-1])
+            for line in metrics.splitlines()
+            if line.startswith('stillroom_shadow_in_flight_peak{route="hello"}')
+        )
+        assert 1 <= peak <= 2  # max_concurrency
+        assert 'stillroom_route_mode{mode="shadow",route="hello"} 1.0' in metrics
+        assert 'stillroom_shadow_requests_total{outcome="sent"} 6.0' in metrics
     for answer in answers:
         assert answer.status_code == 200 and answer.content == direct.content
         assert served_by(answer) == "teacher"
