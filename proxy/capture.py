@@ -24,7 +24,7 @@ from proxy.tags import SOURCE_TAG, parse_capture_switch, parse_source, parse_tag
 from proxy.types import Scope
 from proxy.writer import CaptureWriter
 from storage.ids import new_capture_id
-from storage.models import Outcome
+from storage.models import CaptureRecord, Outcome
 
 logger = logging.getLogger("stillroom.capture")
 
@@ -181,14 +181,16 @@ class CapturePolicy:
             fingerprint=fingerprint,
         )
 
-    def finish(self, copy: ExchangeCopy) -> None:
+    def finish(self, copy: ExchangeCopy) -> CaptureRecord | None:
+        """Build the record and queue it for the writer; the record (None if it failed)."""
         try:
             record = build_record(copy)
         except Exception:  # the one broad catch: a capture bug must never reach the client
             self._drops.build_error += 1
             logger.exception("could not build capture %s; dropped", copy.capture_id)
-            return
+            return None
         self._writer.submit(record)
+        return record
 
 
 class CaptureTee:
@@ -209,6 +211,7 @@ class CaptureTee:
         "fingerprint",
         "method",
         "path",
+        "record",
         "retry_count",
         "tags",
     )
@@ -243,6 +246,7 @@ class CaptureTee:
         self._ct: str | None = None
         self._ce: str | None = None
         self._request_id: str | None = None
+        self.record: CaptureRecord | None = None  # once on_end built it (shadow traffic reads it)
 
     def on_response_start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self._status = status
@@ -266,7 +270,7 @@ class CaptureTee:
         self._size += len(chunk)
 
     def on_end(self, outcome: Outcome, error: str | None, ttfb: float | None) -> None:
-        self._policy.finish(
+        self.record = self._policy.finish(
             ExchangeCopy(
                 capture_id=self.capture_id,
                 created_at=self.created_at,

@@ -241,7 +241,7 @@ class Forwarder:
             watch.handle.cancel()
             watcher.cancel()
         if routed is not None and routed[0].shadow and status < 400 and self._router is not None:
-            self._router.shadow(routed[0], routed[1], tee.capture_id if tee else None)
+            self._router.shadow(routed[0], routed[1], getattr(tee, "record", None))
         return status
 
     def _tee(self, scope: Scope, body: bytes, ours: dict[bytes, bytes]) -> Tee | None:

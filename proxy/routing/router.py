@@ -35,6 +35,7 @@ from proxy.routing.shadow import ShadowSender
 from proxy.routing.table import RouteTable
 from proxy.tags import metadata_tags, parse_tags
 from proxy.types import Send
+from storage.models import CaptureRecord
 
 logger = logging.getLogger("stillroom.routing")
 
@@ -258,9 +259,12 @@ class Router:
 
     # -- shadow -------------------------------------------------------------------------------
 
-    def shadow(self, decision: Decision, request: dict[str, Any], capture_id: str | None) -> None:
-        if self.shadow_sender is not None and capture_id is not None:
-            self.shadow_sender.submit(decision.route, request, capture_id)
+    def shadow(
+        self, decision: Decision, request: dict[str, Any], record: CaptureRecord | None
+    ) -> None:
+        """Queue the teacher's captured exchange for the student (no capture: no shadow)."""
+        if self.shadow_sender is not None and record is not None:
+            self.shadow_sender.submit(decision.route, request, record)
 
 
 async def _read_capped(response: httpx.Response) -> bytes:

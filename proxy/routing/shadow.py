@@ -1,13 +1,14 @@
 """``ShadowSender``: after the teacher answered, ask the student too, score the pair, keep it.
 
-Never in the client's way: ``submit`` only puts the request on a bounded queue (full: the
-request is not shadowed, and counted) and returns. Workers take requests off the queue; per
-route at most ``max_concurrency`` student requests are in flight, each bounded by the route's
-``timeout_s``. The teacher's answer is read back from the store once the writer has stored the
-capture (so streamed answers are compared in their reassembled form), the student's answer is
-scored with the route's graders, and the pair is kept as a ``shadow_pair`` item under the
-route (``storage.documents``): capture id, scores, both answers, both latencies. Promotion uses
-these pairs (``proxy.routing.admin``).
+Never in the client's way: ``submit`` only puts the request and the teacher's capture record
+(built in memory at the end of the exchange; a streamed answer already reassembled) on a
+bounded queue (full: the request is not shadowed, and counted) and returns. Workers take
+requests off the queue; per route at most ``max_concurrency`` student requests are in flight,
+each bounded by the route's ``timeout_s``. The student's answer is scored with the route's
+graders and the pair kept as a ``shadow_pair`` item under the route (``storage.documents``):
+capture id, scores, both answers, both latencies. Pairs are written in batches (every
+``flush_s`` or ``batch`` pairs), so shadow traffic costs the store one write per batch.
+Promotion uses these pairs (``proxy.routing.service``).
 
 The student's request is the teacher's with the student's model name, not streamed, without
 the client's credentials.
@@ -29,16 +30,31 @@ from proxy.routing.routes import Route
 from proxy.routing.table import KIND
 from proxy.tasks import spawn
 from storage.base import Store
+from storage.errors import StoreError
+from storage.models import CaptureRecord
 
 logger = logging.getLogger("stillroom.routing")
 
-_CAPTURE_WAIT_S = 10.0
-
 
 class ShadowSender:
-    def __init__(self, store: Store, *, queue_size: int = 1000, workers: int = 16) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        queue_size: int = 1000,
+        workers: int = 16,
+        flush_s: float = 0.5,
+        batch: int = 200,
+    ) -> None:
         self.store = store
-        self._queue: asyncio.Queue[tuple[Route, dict[str, Any], str]] = asyncio.Queue(queue_size)
+        self._queue: asyncio.Queue[tuple[Route, dict[str, Any], CaptureRecord]] = asyncio.Queue(
+            queue_size
+        )
+        self._flush_s = flush_s
+        self._batch = batch
+        self._pending: dict[str, list[dict[str, Any]]] = {}
+        self._pending_count = 0
+        self._flushed = asyncio.Event()
         self._workers = workers
         self._tasks: list[asyncio.Task[None]] = []
         self._limits: dict[str, tuple[int, asyncio.Semaphore]] = {}
@@ -52,6 +68,7 @@ class ShadowSender:
     def start(self) -> None:
         self._client = httpx.AsyncClient(trust_env=False, follow_redirects=False)
         self._tasks = [spawn(self._work(), name=f"shadow-{n}") for n in range(self._workers)]
+        self._tasks.append(spawn(self._flush_forever(), name="shadow-flush"))
 
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
@@ -60,38 +77,57 @@ class ShadowSender:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self._flush()  # pairs already scored are kept
         if self._client is not None:
             await self._client.aclose()
             self._client = None
 
-    def submit(self, route: Route, request: dict[str, Any], capture_id: str) -> None:
+    def submit(self, route: Route, request: dict[str, Any], record: CaptureRecord) -> None:
         try:
-            self._queue.put_nowait((route, request, capture_id))
+            self._queue.put_nowait((route, request, record))
         except asyncio.QueueFull:
             self.dropped += 1
 
-    async def idle(self) -> None:
-        """Wait until every queued shadow request is done (tests, graceful stop)."""
-        await self._queue.join()
+    async def _flush_forever(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flushed.wait(), self._flush_s)
+            self._flushed.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        pending, self._pending, self._pending_count = self._pending, {}, 0
+        for name, bodies in pending.items():
+            try:
+                await self.store.add_items(KIND, name, bodies)
+            except StoreError as exc:  # shadow pairs are measurements: lost ones are counted
+                self.failed += len(bodies)
+                logger.warning("route %s: %d shadow pairs not stored: %s", name, len(bodies), exc)
+
+    def _keep(self, name: str, body: dict[str, Any]) -> None:
+        self._pending.setdefault(name, []).append(body)
+        self._pending_count += 1
+        if self._pending_count >= self._batch:
+            self._flushed.set()
 
     async def _work(self) -> None:
         while True:
-            route, request, capture_id = await self._queue.get()
+            route, request, record = await self._queue.get()
             try:
                 cap, limit = self._limits.get(route.name, (0, None))
                 if limit is None or cap != route.max_concurrency:
                     limit = asyncio.Semaphore(route.max_concurrency)
                     self._limits[route.name] = (route.max_concurrency, limit)
                 async with limit:
-                    await self._shadow(route, request, capture_id)
+                    await self._shadow(route, request, record)
             except Exception:  # one pair's bug must not stop the workers
                 self.failed += 1
                 logger.exception("route %s: shadow request failed", route.name)
             finally:
                 self._queue.task_done()
 
-    async def _shadow(self, route: Route, request: dict[str, Any], capture_id: str) -> None:
-        teacher = await self._teacher_answer(capture_id)
+    async def _shadow(self, route: Route, request: dict[str, Any], record: CaptureRecord) -> None:
+        teacher = _teacher_message(record)
         if teacher is None:
             return
         name = route.name
@@ -104,38 +140,26 @@ class ShadowSender:
             self.in_flight[name] -= 1
         latency_ms = (time.perf_counter() - started) * 1000.0
         self.sent += 1
-        message, teacher_latency = teacher
         scores: dict[str, float | None] = {}
         if student is not None:
-            scores = await asyncio.to_thread(_score, route, student, message, request)
-        body = {
-            "type": "shadow_pair",
-            "capture_id": capture_id,
-            "scores": scores,
-            "error": error,
-            "student": student,
-            "teacher": message,
-            "student_latency_ms": round(latency_ms, 2),
-            "teacher_latency_ms": teacher_latency,
-            "at": time.time(),
-        }
-        await self.store.add_items(KIND, name, [body])
-
-    async def _teacher_answer(self, capture_id: str) -> tuple[dict[str, Any], float | None] | None:
-        deadline = time.monotonic() + _CAPTURE_WAIT_S
-        while True:
-            record = await self.store.get(capture_id)
-            if record is not None:
-                break
-            if time.monotonic() > deadline:
-                logger.info("shadow: capture %s was not stored in time; skipped", capture_id)
-                return None
-            await asyncio.sleep(0.05)
-        try:
-            message = record.response["choices"][0]["message"]  # type: ignore[index]
-        except (KeyError, IndexError, TypeError):
-            return None
-        return message, record.latency_ms
+            if any(config.get("evaluation_metric") == "cosine" for config in route.graders):
+                scores = await asyncio.to_thread(_score, route, student, teacher, request)
+            else:  # the cheap graders: microseconds, no thread hop
+                scores = _score(route, student, teacher, request)
+        self._keep(
+            name,
+            {
+                "type": "shadow_pair",
+                "capture_id": record.id,
+                "scores": scores,
+                "error": error,
+                "student": student,
+                "teacher": teacher,
+                "student_latency_ms": round(latency_ms, 2),
+                "teacher_latency_ms": record.latency_ms,
+                "at": time.time(),
+            },
+        )
 
     async def _ask_student(
         self, route: Route, request: dict[str, Any]
@@ -161,6 +185,16 @@ class ShadowSender:
             return None, "student timeout"
         except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
             return None, f"student failed: {type(exc).__name__}"
+
+
+def _teacher_message(record: CaptureRecord) -> dict[str, Any] | None:
+    if record.outcome != "completed" or not isinstance(record.response, dict):
+        return None
+    try:
+        message = record.response["choices"][0]["message"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return message if isinstance(message, dict) else None
 
 
 def _score(

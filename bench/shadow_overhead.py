@@ -1,0 +1,190 @@
+"""What shadow mode costs the client: ``stillroom serve`` with a route in shadow mode (every
+request also sent to the student afterwards) against the same server with no route, same run.
+
+Issue #8's bar: shadow adds no more than 1 ms to the client's p50 latency at concurrency 16,
+and never more student requests in flight than the route's cap (``max_concurrency``; read
+from ``stillroom_shadow_in_flight_peak`` on ``/metrics``).
+
+Setup: one ``stillroom mock`` is the teacher; a second one is the student (its own process, so
+student work competes for the machine as a real one on the same host would). Each round runs
+``no-route`` then ``shadow`` (then the other order next round), ``--duration`` seconds each at
+``-c`` connections, non-streamed and streamed. Reports medians over rounds of p50 and p99, the
+p50 difference, shadow pairs kept, and the peak in flight.
+
+    .venv/bin/python bench/shadow_overhead.py --rounds 3 --duration 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.loadgen import build_request, run_cell  # noqa: E402
+
+STILLROOM = str(ROOT / ".venv" / "bin" / "stillroom")
+CAP = 4
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not come up") from None
+            time.sleep(0.1)
+
+
+def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(args, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+
+def make_route(db: Path, student: str) -> None:
+    from proxy.routing.service import RouteService
+    from storage.sqlite import SQLiteStore
+
+    async def go() -> None:
+        async with SQLiteStore(db) as store:
+            await store.migrate()
+            await RouteService(store).create(
+                {
+                    "name": "bench",
+                    "model": "gpt-4o-mini",
+                    "student": {"base_url": student + "/v1", "model": "student"},
+                    "mode": "shadow",
+                    "shadow_rate": 1.0,
+                    "max_concurrency": CAP,
+                    "timeout_s": 10,
+                }
+            )
+
+    asyncio.run(go())
+
+
+def metric(base: str, prefix: str) -> float | None:
+    with urllib.request.urlopen(base + "/metrics", timeout=5) as answer:
+        for line in answer.read().decode().splitlines():
+            if line.startswith(prefix):
+                return float(line.split()[-1])
+    return None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("-c", "--concurrency", type=int, default=16)
+    parser.add_argument("--out", type=Path, help="write the summary JSON here")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="stillroom-shadow-bench-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        teacher_port, student_port = free_port(), free_port()
+        teacher, student = f"http://127.0.0.1:{teacher_port}", f"http://127.0.0.1:{student_port}"
+        for port, name in ((teacher_port, "teacher"), (student_port, "student")):
+            procs.append(start([STILLROOM, "mock", "--port", str(port)], work / f"{name}.log"))
+        for url in (teacher, student):
+            wait_http(url + "/v1/models")
+        servers: dict[str, tuple[str, int]] = {}
+        for name in ("no-route", "shadow"):
+            db = work / f"{name}.db"
+            if name == "shadow":
+                make_route(db, student)
+            port = free_port()
+            procs.append(
+                start(
+                    [STILLROOM, "serve", "--port", str(port), "--upstream", teacher,
+                     "--database", str(db)],
+                    work / f"{name}.log",
+                )
+            )  # fmt: skip
+            servers[name] = (f"http://127.0.0.1:{port}", port)
+        for base, _ in servers.values():
+            wait_http(base + "/healthz")
+
+        cells: dict[tuple[str, bool], list[dict[str, Any]]] = {}
+        for round_no in range(args.rounds):
+            order = list(servers) if round_no % 2 == 0 else list(reversed(servers))
+            for stream in (False, True):
+                for name in order:
+                    _, port = servers[name]
+                    request = build_request("127.0.0.1", port, "/v1/chat/completions", stream)
+                    result = run_cell(
+                        "127.0.0.1", port, request, stream=stream,
+                        concurrency=args.concurrency, warmup=args.warmup, duration=args.duration,
+                    )  # fmt: skip
+                    cells.setdefault((name, stream), []).append(result)
+                    print(  # noqa: T201
+                        f"round {round_no + 1} {name:<8} stream={stream!s:<5} "
+                        f"p50 {result['latency_ms']['p50']:.2f} ms  p99 "
+                        f"{result['latency_ms']['p99']:.2f} ms  {result['rps']:.0f} rps  "
+                        f"errors {result['errors']}",
+                        flush=True,
+                    )
+        shadow_base = servers["shadow"][0]
+        time.sleep(2)  # let the shadow queue drain before reading the counters
+        summary: dict[str, Any] = {
+            "machine": f"{os.cpu_count()} CPUs, {sys.platform}",
+            "concurrency": args.concurrency,
+            "rounds": args.rounds,
+            "duration_s": args.duration,
+            "cap": CAP,
+            "peak_in_flight": metric(shadow_base, 'stillroom_shadow_in_flight_peak{route="bench"}'),
+            "shadow_sent": metric(shadow_base, 'stillroom_shadow_requests_total{outcome="sent"}'),
+            "shadow_dropped": metric(
+                shadow_base, 'stillroom_shadow_requests_total{outcome="dropped"}'
+            ),
+        }
+        for stream in (False, True):
+            kind = "stream" if stream else "json"
+            rows = {}
+            for name in servers:
+                results = cells[(name, stream)]
+                rows[name] = {
+                    "p50_ms": statistics.median(r["latency_ms"]["p50"] for r in results),
+                    "p99_ms": statistics.median(r["latency_ms"]["p99"] for r in results),
+                    "rps": statistics.median(r["rps"] for r in results),
+                    "errors": sum(r["errors"] for r in results),
+                }
+            rows["p50_added_ms"] = rows["shadow"]["p50_ms"] - rows["no-route"]["p50_ms"]
+            summary[kind] = rows
+        print(json.dumps(summary, indent=1))  # noqa: T201
+        if args.out:
+            args.out.write_text(json.dumps(summary, indent=1) + "\n")
+        return 0
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
