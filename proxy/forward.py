@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import httpx
 
@@ -45,11 +45,12 @@ from proxy.errors import (
 )
 from proxy.http1 import UpstreamResponse
 from proxy.metrics import ProxyMetrics, route_template
+from proxy.routing.decide import Decision
 from proxy.routing.router import SERVED_BY_HEADER, Fallback, Router
 from proxy.tags import ROUTE_DECISION_TAG, ROUTE_TAG, SERVED_BY_TAG
 from proxy.tasks import spawn
 from proxy.types import Receive, Scope, Send
-from storage.models import Outcome
+from storage.models import CaptureRecord, Outcome
 
 logger = logging.getLogger("stillroom.forward")
 
@@ -217,6 +218,8 @@ class Forwarder:
                 assert self._router is not None
                 result = await self._router.answer(routed[0], routed[1], send, tee)
                 if not isinstance(result, Fallback):
+                    if routed[0].shadow:  # full mode: the teacher answers too, on the side
+                        self._shadow_teacher(scope, body, ours, out_headers, routed, tee)
                     return result
                 reason = f"fallback: {result.reason}"
                 scope[SCOPE_SERVED_BY] = _route_tags(routed[0].route.name, "teacher", reason)
@@ -243,6 +246,77 @@ class Forwarder:
         if routed is not None and routed[0].shadow and status < 400 and self._router is not None:
             self._router.shadow(routed[0], routed[1], getattr(tee, "record", None))
         return status
+
+    def _shadow_teacher(
+        self,
+        scope: Scope,
+        body: bytes,
+        ours: dict[bytes, bytes],
+        out_headers: list[tuple[bytes, bytes]],
+        routed: tuple[Decision, dict[str, Any]],
+        student_tee: Tee | None,
+    ) -> None:
+        """Ask the teacher too, in the background (a route in full mode keeps measuring the
+        student and collecting the teacher's answers): captured as the teacher's, and the pair
+        scored. Capped at the route's ``max_concurrency``; never waits for a slot."""
+        decision, request_obj = routed
+        router = self._router
+        student = getattr(student_tee, "record", None)
+        if router is None or student is None or not router.take_teacher_slot(decision.route):
+            return
+        scope = dict(scope)
+        scope[SCOPE_SERVED_BY] = _route_tags(decision.route.name, "teacher", "teacher_shadow")
+        try:
+            tee = self._tee(scope, body, ours)
+        except ProxyError:
+            router.give_teacher_slot(decision.route)
+            return
+        target = self._prefix + (scope.get("raw_path") or scope["path"].encode())
+        request = _Request(scope["method"], target, out_headers, body)
+        spawn(
+            self._teacher_in_background(request, tee, decision, request_obj, student),
+            name="stillroom-teacher-shadow",
+        )
+
+    async def _teacher_in_background(
+        self,
+        request: _Request,
+        tee: Tee | None,
+        decision: Decision,
+        request_obj: dict[str, Any],
+        student: CaptureRecord,
+    ) -> None:
+        assert self._router is not None
+        started = time.perf_counter()
+        response: UpstreamResponse | None = None
+        outcome: Outcome = "completed"
+        error: str | None = None
+        ttfb: float | None = None
+        try:
+            async with asyncio.timeout(self._config.first_byte_timeout + 600):
+                response = await self._pool.open(*request)
+                if tee is not None:
+                    tee.on_response_start(response.status, list(response.headers))
+                async for chunk in response.chunks():
+                    ttfb = ttfb if ttfb is not None else time.perf_counter() - started
+                    if tee is not None:
+                        tee.on_chunk(chunk)
+            if response.status >= 400:
+                outcome, error = "upstream_error", f"upstream answered {response.status}"
+        except asyncio.CancelledError:
+            outcome, error = "interrupted", "proxy shutting down"
+            raise
+        except (TimeoutError, httpx.TransportError, ProxyError, OSError) as exc:
+            outcome, error = "upstream_error", f"teacher shadow failed: {type(exc).__name__}"
+        finally:
+            if response is not None:
+                response.close()
+            self._router.give_teacher_slot(decision.route)
+            if tee is not None:
+                tee.on_end(outcome, error, ttfb)
+        teacher = getattr(tee, "record", None)
+        if teacher is not None:
+            self._router.keep_pair(decision, request_obj, teacher=teacher, student=student)
 
     def _tee(self, scope: Scope, body: bytes, ours: dict[bytes, bytes]) -> Tee | None:
         return self._tee_factory(scope, body, ours) if self._tee_factory is not None else None

@@ -295,3 +295,49 @@ def test_invalid_student_answers_fall_back():
     assert "not JSON" in check_answer(json_request, answer({"role": "assistant", "content": "hi"}))
     assert check_answer(json_request, answer({"role": "assistant", "content": '{"a": 1}'})) is None
     assert "not a chat completion" in check_answer(CHAT, b"<html>")
+
+
+def test_the_student_never_sees_the_clients_key(start_proxy, mock_url, tmp_path, monkeypatch):
+    """The client's credential is for the teacher: the student gets its own key or none."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    seen: list[dict[str, str]] = []
+
+    async def chat(request: Request) -> JSONResponse:
+        seen.append(dict(request.headers))
+        body = await request.json()
+        return JSONResponse({
+            "id": "chatcmpl-s", "object": "chat.completion", "created": 1, "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": "hi"}}],
+        })  # fmt: skip
+
+    canary = "sk-client-canary-7f3e9b1c2d4a5e6f"
+    monkeypatch.setenv("STUDENT_KEY_FOR_TEST", "sk-student-own-key")
+    student_app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+    db = tmp_path / "r.db"
+    with serve_in_thread(student_app) as student_url:
+        body = route_body(student_url, mode="full", full_shadow_rate=1.0)
+        body["student"]["api_key_env"] = "STUDENT_KEY_FOR_TEST"
+        put_route(db, body)
+        with start_proxy(upstream=mock_url, database=str(db), flush_interval=0.02) as base:
+            headers = {"Authorization": f"Bearer {canary}"}
+            answer = httpx.post(base + "/v1/chat/completions", json=CHAT, headers=headers)
+            assert served_by(answer) == "student:hello"
+            deadline = time.monotonic() + 10
+            while not items(db, "shadow_pair"):  # full mode asks the teacher on the side
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+    assert len(seen) == 1
+    pair = items(db, "shadow_pair")[0]
+    assert pair["student"]["content"] == "hi" and pair["teacher"]["role"] == "assistant"
+    decisions = sorted(r.tags["stillroom.route_decision"] for r in captures(db))
+    assert decisions == ["full", "teacher_shadow"]
+    teacher = next(r for r in captures(db) if r.tags["stillroom.route_decision"] != "full")
+    assert teacher.tags["stillroom.served_by"] == "teacher" and teacher.outcome == "completed"
+    assert all(canary not in json_text for json_text in map(str, seen))
+    assert all(h.get("authorization") == "Bearer sk-student-own-key" for h in seen)
+    assert canary.encode() not in db.read_bytes()

@@ -56,6 +56,7 @@ class Router:
         self.table = table
         self.shadow_sender = shadow
         self._clients: dict[str, httpx.AsyncClient] = {}
+        self._teacher_slots: dict[str, int] = {}  # teacher shadows in flight, per route
         self.counts: dict[tuple[str, str], int] = {}  # (route, outcome) -> requests
 
     async def stop(self) -> None:
@@ -258,6 +259,31 @@ class Router:
         return response.status_code
 
     # -- shadow -------------------------------------------------------------------------------
+
+    def take_teacher_slot(self, route: Route) -> bool:
+        """A slot for one teacher shadow of ``route`` (at most ``max_concurrency``)."""
+        used = self._teacher_slots.get(route.name, 0)
+        if used >= route.max_concurrency:
+            self.count(route, "teacher_shadow_skipped")
+            return False
+        self._teacher_slots[route.name] = used + 1
+        return True
+
+    def give_teacher_slot(self, route: Route) -> None:
+        self._teacher_slots[route.name] = max(0, self._teacher_slots.get(route.name, 0) - 1)
+
+    def keep_pair(
+        self,
+        decision: Decision,
+        request: dict[str, Any],
+        *,
+        teacher: CaptureRecord,
+        student: CaptureRecord,
+    ) -> None:
+        """Score and keep a pair both sides of which were captured (full mode's teacher shadow)."""
+        if self.shadow_sender is not None:
+            self.count(decision.route, "teacher_shadow")
+            self.shadow_sender.keep_captured(decision.route, request, teacher, student)
 
     def shadow(
         self, decision: Decision, request: dict[str, Any], record: CaptureRecord | None

@@ -88,6 +88,30 @@ class ShadowSender:
         except asyncio.QueueFull:
             self.dropped += 1
 
+    def keep_captured(
+        self, route: Route, request: dict[str, Any], teacher: CaptureRecord, student: CaptureRecord
+    ) -> None:
+        """Keep a pair both sides of which were answered already (a route in full mode: the
+        student answered the client, the teacher was asked on the side)."""
+        teacher_message, student_message = _teacher_message(teacher), _teacher_message(student)
+        if teacher_message is None or student_message is None:
+            return
+        self._keep(
+            route.name,
+            {
+                "type": "shadow_pair",
+                "capture_id": teacher.id,
+                "student_capture_id": student.id,
+                "scores": _score(route, student_message, teacher_message, request),
+                "error": None,
+                "student": student_message,
+                "teacher": teacher_message,
+                "student_latency_ms": student.latency_ms,
+                "teacher_latency_ms": teacher.latency_ms,
+                "at": time.time(),
+            },
+        )
+
     async def _flush_forever(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
