@@ -75,8 +75,14 @@ def eval_group() -> None:
 @click.option("--judge-model", metavar="NAME", help="The judge model.")
 @click.option("--judge-key-env", metavar="VAR", help="An environment variable with its key.")
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate at most N examples.")
-@click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True)
-@click.option("--timeout", type=click.FloatRange(0.1, 3600), default=60.0, show_default=True)
+@click.option(
+    "--concurrency", type=click.IntRange(1, 64), default=4, show_default=True,
+    help="Student requests in flight at once.",
+)  # fmt: skip
+@click.option(
+    "--timeout", type=click.FloatRange(0.1, 3600), default=60.0, show_default=True,
+    help="Seconds the student may take for one answer.",
+)  # fmt: skip
 @click.option("--name", metavar="TEXT", help="A label for the run.")
 @click.option("--check", is_flag=True, help="Exit 1 when the verdict fails.")
 @json_option
@@ -187,7 +193,9 @@ def show(eval_id: str, other: str | None, as_json: bool, source: SourceSpec) -> 
 
 
 @eval_group.command("list")
-@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.option(
+    "--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="Evals to list."
+)
 @json_option
 @source_options
 def list_evals(limit: int, as_json: bool, source: SourceSpec) -> None:
