@@ -240,6 +240,7 @@ def _add_commands() -> None:
     from proxy.cli_captures import captures, stats
     from proxy.cli_datasets import datasets
     from proxy.cli_eval import eval_group
+    from proxy.cli_routes import routes
     from proxy.cli_student import student
     from proxy.cli_train import train
 
@@ -249,6 +250,7 @@ def _add_commands() -> None:
     cli.add_command(train)
     cli.add_command(student)
     cli.add_command(eval_group)
+    cli.add_command(routes)
 
 
 _add_commands()

@@ -106,6 +106,7 @@ def check_admin_api(base: str, max_examples: int) -> int:
     return kept + deleted
 
 
+@pytest.mark.timeout(180)  # ~35 s quiet; schemathesis on a loaded 2-vCPU machine takes longer
 def test_admin_api_matches_its_openapi_document(seeded_admin):
     assert check_admin_api(seeded_admin, max_examples=25) > 8 * 25
 

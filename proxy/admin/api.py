@@ -1,12 +1,14 @@
 """The admin HTTP API under ``/admin`` (docs/admin-api.md): browse, curate and delete captures;
-datasets live in ``proxy.admin.datasets``, training jobs in ``proxy.admin.jobs``.
+datasets live in ``proxy.admin.datasets``, training jobs in ``proxy.admin.jobs``, routes in
+``proxy.admin.routes``.
 
-``create_admin_app(token, store)`` is mounted by ``StillroomApp`` only when an admin token is
-set. Every request passes ``AdminAuth`` first; the routes then check their input against the
-schemas ``/admin/openapi.json`` publishes (``proxy.admin.params``), call the ``Store`` and answer
-JSON. Errors are OpenAI-shaped: 400 bad parameter or body, 404 unknown or malformed capture id
-and unknown route, 405, 409 a dataset conflict, 413 body over ``MAX_BODY_BYTES``, 422 a bulk
-edit with an empty filter and no ``"all": true``, 503 when the store fails.
+``create_admin_app(token, store, runner, router)`` is mounted by ``StillroomApp`` only when an
+admin token is set. Every request passes ``AdminAuth`` first; the routes then check their input
+against the schemas ``/admin/openapi.json`` publishes (``proxy.admin.params``), call the
+``Store`` and answer JSON. Errors are OpenAI-shaped: 400 bad parameter or body, 404 unknown or
+malformed capture id and unknown route, 405, 409 a dataset or route conflict, 413 body over
+``MAX_BODY_BYTES``, 422 a bulk edit with an empty filter and no ``"all": true``, 503 when the
+store fails.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from proxy.admin.params import (
     parse_list_params,
     parse_query_filter,
 )
+from proxy.admin.routes import RouterProvider, route_routes
 from proxy.admin.serialize import capture_json, conversation_json
 from proxy.errors import (
     InvalidRequest,
@@ -56,7 +59,10 @@ from storage.query import CaptureFilter
 
 
 def create_admin_app(
-    token: Secret, store: StoreProvider, runner: RunnerProvider | None = None
+    token: Secret,
+    store: StoreProvider,
+    runner: RunnerProvider | None = None,
+    router: RouterProvider | None = None,
 ) -> ASGIApp:
     """The ``/admin`` ASGI app: the bearer check in front of the routes."""
     routes = AdminRoutes(store)
@@ -72,6 +78,7 @@ def create_admin_app(
             Route("/admin/stats", routes.stats, methods=["GET"]),
             *dataset_routes(store),
             *job_routes(store, runner or (lambda: None)),
+            *route_routes(store, router or (lambda: None)),
         ],
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
     )

@@ -11,6 +11,7 @@ import functools
 from typing import Any
 
 from proxy.admin._job_schemas import JOB_ERRORS, job_paths
+from proxy.admin._route_schemas import ROUTE_ERRORS, route_component_schemas, route_paths
 from proxy.admin._schemas import component_schemas, ref
 from proxy.admin.params import (
     CAPTURE_ID_PATTERN,
@@ -69,6 +70,7 @@ _ERRORS = {
     "422": 'empty filter without "all": true',
     "503": "the store failed or is not open",
     **JOB_ERRORS,
+    **ROUTE_ERRORS,
 }
 
 
@@ -172,6 +174,7 @@ def _paths() -> dict[str, Any]:
         },
         **_dataset_paths(),
         **job_paths(_operation, _query, _ok, _links),
+        **route_paths(_operation, _query, _ok, _links),
         "/admin/openapi.json": {
             "get": _operation(
                 "getOpenAPI",
@@ -277,13 +280,13 @@ def _document() -> dict[str, Any]:
             "title": "Stillroom admin API",
             "version": "1",
             "description": "Browse, curate and delete captured exchanges; build and export "
-            "datasets; train students (docs/admin-api.md).",
+            "datasets; train students; route traffic to them (docs/admin-api.md).",
         },
         "security": [{"bearer": []}],
         "paths": _paths(),
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": component_schemas(),
+            "schemas": {**component_schemas(), **route_component_schemas()},
         },
     }
 

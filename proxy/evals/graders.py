@@ -293,7 +293,7 @@ def parse_grader(obj: object) -> Grader:
     if not isinstance(obj, dict):
         raise GraderError("a grader must be a JSON object")
     kind = obj.get("type")
-    if kind not in _TYPES:
+    if not isinstance(kind, str) or kind not in _TYPES:  # a list or object is unhashable
         known = ", ".join(_TYPES)
         raise GraderError(f"unknown grader type {kind!r} (one of: {known})", "type")
     allowed = (

@@ -118,7 +118,7 @@ def parse_route(body: object, *, name: str | None = None) -> Route:
         if key not in FIELDS:
             raise RouteError(f"unknown field {key!r:.60}; known: {', '.join(FIELDS)}", key)
     name = name if name is not None else body.get("name")
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise RouteError("name must be 1-64 letters, digits, '.', '_' or '-'", "name")
     model = body.get("model")
     if not isinstance(model, str) or not 0 < len(model) <= 256:
@@ -191,7 +191,10 @@ def _student(value: object) -> Student:
     if unknown:
         raise RouteError(f"unknown student field {sorted(unknown)[0]!r:.60}", "student")
     url = value.get("base_url")
-    parts = urllib.parse.urlsplit(url) if isinstance(url, str) else None
+    try:
+        parts = urllib.parse.urlsplit(url) if isinstance(url, str) else None
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        parts = None
     if (
         parts is None
         or parts.scheme not in ("http", "https")
@@ -207,7 +210,7 @@ def _student(value: object) -> Student:
     if not isinstance(model, str) or not 0 < len(model) <= 256:
         raise RouteError("student.model is required", "student")
     env = value.get("api_key_env")
-    if env is not None and (not isinstance(env, str) or not re.match(r"^[A-Z_][A-Z0-9_]*$", env)):
+    if env is not None and (not isinstance(env, str) or not re.fullmatch(r"[A-Z_][A-Z0-9_]*", env)):
         raise RouteError(
             "student.api_key_env must name an environment variable (the key is never stored)",
             "student",
@@ -262,5 +265,7 @@ def _thresholds(value: object) -> dict[str, float]:
         and 0 <= v <= 1
         for k, v in value.items()
     ):
-        raise RouteError("thresholds must map grader names to a minimum mean from 0 to 1")
+        raise RouteError(
+            "thresholds must map grader names to a minimum mean from 0 to 1", "thresholds"
+        )
     return {k: float(v) for k, v in value.items()}
