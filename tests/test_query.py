@@ -298,6 +298,7 @@ def test_migration_from_m002_keeps_captures_and_indexes_them(tmp_path: Path) -> 
                 "m003_curation_search",
                 "m004_datasets",
                 "m005_training_jobs",
+                "m006_documents",
             ]
             got = await store.get_capture(record.id)
             assert got is not None and got.record == record

@@ -233,6 +233,8 @@ EXPECTED_COLUMNS = {
     "training_job_events": [
         "seq", "job_id", "created_at", "level", "message", "data", "source_id",
     ],
+    "documents": ["kind", "id", "version", "created_at", "updated_at", "body"],
+    "document_items": ["seq", "kind", "parent", "created_at", "body"],
 }  # fmt: skip
 EXPECTED_INDEXES = {
     "captures_created_at": ["created_at"],
@@ -240,6 +242,8 @@ EXPECTED_INDEXES = {
     "captures_response_id": ["response_id"],
     "captures_previous_response_id": ["previous_response_id"],
     "capture_tags_key_value": ["key", "value"],
+    "documents_by_update": ["kind", "updated_at"],
+    "document_items_by_parent": ["kind", "parent", "seq"],
 }
 
 
@@ -293,7 +297,7 @@ async def test_shared_system_prompt_is_stored_once(store: SQLiteStore, tmp_path:
 
 async def test_disk_full_raises_store_full_and_recovers(tmp_path: Path) -> None:
     path = tmp_path / "small.db"
-    async with SQLiteStore(path, max_bytes=256 * 1024) as s:  # PRAGMA max_page_count
+    async with SQLiteStore(path, max_bytes=320 * 1024) as s:  # PRAGMA max_page_count
         await s.migrate()
         written = []
         with pytest.raises(StoreFull):

@@ -7,7 +7,7 @@ about a different made-up city (bench/tool_task.py) → a dataset with a holdout
 serve`` over the untrained model and over the trained one → the holdout questions through the
 official SDK. Tool-call accuracy is an exact match of the call's name and arguments; the
 trained student must be clearly above the untrained one. Prints the figures for
-bench/RESULTS.md (as JSON in ``$STILLROOM_RESULTS_DIR/smollm2_tool_task.json``). About 5
+bench/RESULTS.md (as JSON in ``$BENCH_RESULTS_DIR/smollm2_tool_task.json``). About 5
 minutes on 2 idle CPU cores.
 """
 
@@ -63,13 +63,23 @@ async def _holdout(db: Path, out: Path) -> list[dict]:
     return [json.loads(line) for line in out.read_text().splitlines()]
 
 
-def accuracy(model_dir: Path, holdout: list[dict]) -> tuple[float, list[str]]:
+def accuracy(model_dir: Path, holdout: list[dict], db: Path) -> tuple[float, list[str], dict]:
+    """Tool-call accuracy over the holdout through the SDK, and `stillroom eval run`'s report
+    (its tool_calls grader is the same measure, with a confidence interval)."""
     from proxy.student.app import create_student_app
     from proxy.student.model import load_student
 
     app = create_student_app(functools.partial(load_student, model_dir), max_new_tokens=48)
     hits, answers = 0, []
     with serve_in_thread(app) as url:
+        result = CliRunner().invoke(
+            cli,
+            ["eval", "run", "--dataset", "weather", "--student-url", url + "/v1",
+             "--student-model", "student", "--concurrency", "1", "--threshold",
+             "tool_calls=0.6", "--json", "--database", str(db)],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.output)
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
         with client:
             for row in holdout:
@@ -83,7 +93,7 @@ def accuracy(model_dir: Path, holdout: list[dict]) -> tuple[float, list[str]]:
                 calls = [call.model_dump() for call in message.tool_calls or []]
                 hits += tool_task.score(calls, city)
                 answers.append(json.dumps(calls) if calls else repr(message.content)[:120])
-    return hits / len(holdout), answers
+    return hits / len(holdout), answers, report
 
 
 def test_smollm2_learns_the_tool_call(tmp_path):
@@ -131,8 +141,8 @@ def test_smollm2_learns_the_tool_call(tmp_path):
     del model, plain
 
     started = time.monotonic()
-    before, before_answers = accuracy(base_dir, holdout)
-    after, after_answers = accuracy(Path(job["fine_tuned_model"]), holdout)
+    before, before_answers, before_eval = accuracy(base_dir, holdout, db)
+    after, after_answers, after_eval = accuracy(Path(job["fine_tuned_model"]), holdout, db)
     eval_wall = time.monotonic() - started
     report = {
         "holdout": len(holdout),
@@ -147,12 +157,20 @@ def test_smollm2_learns_the_tool_call(tmp_path):
         "job_wall_seconds": round(train_wall, 1),
         "eval_wall_seconds": round(eval_wall, 1),
         "peak_rss_bytes": metrics["peak_memory_bytes"],
+        "eval_before": {k: before_eval["graders"][k] for k in ("tool_calls", "rouge_l")},
+        "eval_after": {k: after_eval["graders"][k] for k in ("tool_calls", "rouge_l")},
+        "eval_verdict_before": before_eval["verdict"]["passed"],
+        "eval_verdict_after": after_eval["verdict"]["passed"],
+        "student_latency_ms_after": after_eval["latency_ms"]["student"],
         "sample_before": before_answers[:2],
         "sample_after": after_answers[:2],
     }
-    # The figures for bench/RESULTS.md: STILLROOM_RESULTS_DIR=bench/results pytest -m slow …
-    out = Path(os.environ.get("STILLROOM_RESULTS_DIR") or tmp_path) / "smollm2_tool_task.json"
+    # The figures for bench/RESULTS.md: BENCH_RESULTS_DIR=/tmp/results pytest -m slow … (the
+    # tests clear STILLROOM_* variables)
+    out = Path(os.environ.get("BENCH_RESULTS_DIR") or tmp_path) / "smollm2_tool_task.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
     assert after >= before + 0.5, report  # clearly above: at least half the holdout more
     assert after >= 0.6, report
+    assert after_eval["graders"]["tool_calls"]["mean"] == pytest.approx(after, abs=0.2), report
+    assert after_eval["verdict"]["passed"] and not before_eval["verdict"]["passed"], report
