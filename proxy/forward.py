@@ -22,6 +22,7 @@ without the chunked terminator, so the client sees a broken stream, never a clea
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import time
@@ -47,6 +48,7 @@ from proxy.http1 import UpstreamResponse
 from proxy.metrics import ProxyMetrics, route_template
 from proxy.routing.decide import Decision
 from proxy.routing.router import SERVED_BY_HEADER, Fallback, Router
+from proxy.routing.teacher_shadow import ask_teacher
 from proxy.tags import ROUTE_DECISION_TAG, ROUTE_TAG, SERVED_BY_TAG
 from proxy.tasks import spawn
 from proxy.types import Receive, Scope, Send
@@ -274,47 +276,25 @@ class Forwarder:
         target = self._prefix + (scope.get("raw_path") or scope["path"].encode())
         request = _Request(scope["method"], target, out_headers, body)
         spawn(
-            self._teacher_in_background(request, tee, decision, request_obj, student),
+            ask_teacher(
+                self._pool,
+                request,
+                tee,
+                timeout=self._config.first_byte_timeout + self._config.idle_timeout,
+                done=functools.partial(self._teacher_answered, decision, request_obj, student),
+            ),
             name="stillroom-teacher-shadow",
         )
 
-    async def _teacher_in_background(
+    def _teacher_answered(
         self,
-        request: _Request,
-        tee: Tee | None,
         decision: Decision,
         request_obj: dict[str, Any],
         student: CaptureRecord,
+        teacher: CaptureRecord | None,
     ) -> None:
         assert self._router is not None
-        started = time.perf_counter()
-        response: UpstreamResponse | None = None
-        outcome: Outcome = "completed"
-        error: str | None = None
-        ttfb: float | None = None
-        try:
-            async with asyncio.timeout(self._config.first_byte_timeout + 600):
-                response = await self._pool.open(*request)
-                if tee is not None:
-                    tee.on_response_start(response.status, list(response.headers))
-                async for chunk in response.chunks():
-                    ttfb = ttfb if ttfb is not None else time.perf_counter() - started
-                    if tee is not None:
-                        tee.on_chunk(chunk)
-            if response.status >= 400:
-                outcome, error = "upstream_error", f"upstream answered {response.status}"
-        except asyncio.CancelledError:
-            outcome, error = "interrupted", "proxy shutting down"
-            raise
-        except (TimeoutError, httpx.TransportError, ProxyError, OSError) as exc:
-            outcome, error = "upstream_error", f"teacher shadow failed: {type(exc).__name__}"
-        finally:
-            if response is not None:
-                response.close()
-            self._router.give_teacher_slot(decision.route)
-            if tee is not None:
-                tee.on_end(outcome, error, ttfb)
-        teacher = getattr(tee, "record", None)
+        self._router.give_teacher_slot(decision.route)
         if teacher is not None:
             self._router.keep_pair(decision, request_obj, teacher=teacher, student=student)
 
