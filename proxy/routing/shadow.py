@@ -21,11 +21,13 @@ import contextlib
 import logging
 import os
 import time
+import urllib.parse
 from typing import Any
 
 import httpx
 import orjson
 
+from proxy.http1 import Http1Pool
 from proxy.routing.routes import Route
 from proxy.routing.table import KIND
 from proxy.tasks import spawn
@@ -58,7 +60,7 @@ class ShadowSender:
         self._workers = workers
         self._tasks: list[asyncio.Task[None]] = []
         self._limits: dict[str, tuple[int, asyncio.Semaphore]] = {}
-        self._client: httpx.AsyncClient | None = None
+        self._pools: dict[str, Http1Pool] = {}  # student origin -> keep-alive pool
         self.in_flight: dict[str, int] = {}
         self.peak_in_flight: dict[str, int] = {}
         self.dropped = 0
@@ -66,7 +68,6 @@ class ShadowSender:
         self.failed = 0
 
     def start(self) -> None:
-        self._client = httpx.AsyncClient(trust_env=False, follow_redirects=False)
         self._tasks = [spawn(self._work(), name=f"shadow-{n}") for n in range(self._workers)]
         self._tasks.append(spawn(self._flush_forever(), name="shadow-flush"))
 
@@ -78,9 +79,9 @@ class ShadowSender:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._flush()  # pairs already scored are kept
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            await pool.aclose()
 
     def submit(self, route: Route, request: dict[str, Any], record: CaptureRecord) -> None:
         try:
@@ -188,27 +189,37 @@ class ShadowSender:
     async def _ask_student(
         self, route: Route, request: dict[str, Any]
     ) -> tuple[dict[str, Any] | None, str | None]:
-        assert self._client is not None
+        """The student's answer (not streamed), through the proxy's own HTTP/1.1 pool: a few
+        times cheaper per request than an httpx client, which matters at full shadow rate."""
         body = {**request, "model": route.student.model, "stream": False}
         body.pop("stream_options", None)
-        headers = {"content-type": "application/json"}
+        headers = [(b"content-type", b"application/json"), (b"accept", b"application/json")]
         if route.student.api_key_env and (key := os.environ.get(route.student.api_key_env)):
-            headers["authorization"] = f"Bearer {key}"
-        try:
-            response = await self._client.post(
-                route.student.base_url + "/chat/completions",
-                content=orjson.dumps(body),
-                headers=headers,
-                timeout=route.timeout_s,
+            headers.append((b"authorization", f"Bearer {key}".encode("latin-1")))
+        parts = urllib.parse.urlsplit(route.student.base_url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        pool = self._pools.get(origin)
+        if pool is None:
+            pool = self._pools[origin] = Http1Pool(
+                origin, connect_timeout=min(route.timeout_s, 5.0), max_connections=256
             )
-            answer = response.json()
-            if response.status_code >= 400:
-                return None, f"student answered {response.status_code}"
+        target = (parts.path.rstrip("/") + "/chat/completions").encode()
+        response = None
+        try:
+            async with asyncio.timeout(route.timeout_s):
+                response = await pool.open("POST", target, headers, orjson.dumps(body))
+                content = b"".join([chunk async for chunk in response.chunks()])
+            if response.status >= 400:
+                return None, f"student answered {response.status}"
+            answer = orjson.loads(content)
             return answer["choices"][0]["message"], None
-        except httpx.TimeoutException:
+        except TimeoutError:
             return None, "student timeout"
-        except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
+        except (httpx.TransportError, OSError, ValueError, KeyError, IndexError, TypeError) as exc:
             return None, f"student failed: {type(exc).__name__}"
+        finally:
+            if response is not None:
+                response.close()
 
 
 def _teacher_message(record: CaptureRecord) -> dict[str, Any] | None:
