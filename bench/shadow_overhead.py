@@ -5,8 +5,10 @@ Issue #8's bar: shadow adds no more than 1 ms to the client's p50 latency at con
 and never more student requests in flight than the route's cap (``max_concurrency``; read
 from ``stillroom_shadow_in_flight_peak`` on ``/metrics``).
 
-Setup: one ``stillroom mock`` is the teacher; a second one is the student (its own process, so
-student work competes for the machine as a real one on the same host would). Each round runs
+Setup: one ``stillroom mock`` is the teacher, a second one the student; like ``bench/run``, the
+proxy runs alone on CPU 1 while the mocks and the load generator share CPU 0, so the figures
+show what shadow traffic costs the proxy, not what the student costs the machine (a real
+student runs elsewhere, usually on a GPU). Each round runs
 ``no-route`` then ``shadow`` (then the other order next round), ``--duration`` seconds each at
 ``-c`` connections, non-streamed and streamed. Reports medians over rounds of p50 and p99, the
 p50 difference, shadow pairs kept, and the peak in flight.
@@ -57,7 +59,10 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
             time.sleep(0.1)
 
 
-def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+def start(args: list[str], log: Path, cpu: int | None = None) -> subprocess.Popen[bytes]:
+    """Start a server; pinned to ``cpu`` when given (as bench/run pins the proxy)."""
+    if cpu is not None and (os.cpu_count() or 1) > 1:
+        args = ["taskset", "-c", str(cpu), *args]
     return subprocess.Popen(args, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
@@ -97,6 +102,11 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("-c", "--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--student-latency-ms", type=float, default=50.0,
+        help="the student's time to answer (a small model on a GPU: tens of ms; 0: as fast as "
+        "the mock, when the student's own CPU load lands on the load generator's core)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, help="write the summary JSON here")
     args = parser.parse_args()
 
@@ -105,8 +115,16 @@ def main() -> int:
     try:
         teacher_port, student_port = free_port(), free_port()
         teacher, student = f"http://127.0.0.1:{teacher_port}", f"http://127.0.0.1:{student_port}"
-        for port, name in ((teacher_port, "teacher"), (student_port, "student")):
-            procs.append(start([STILLROOM, "mock", "--port", str(port)], work / f"{name}.log"))
+        # As bench/run: the proxy alone on CPU 1; the mocks and the load generator on CPU 0, so
+        # what the proxy's core spends on shadow traffic is what the client's latency shows.
+        if (os.cpu_count() or 1) > 1:
+            os.sched_setaffinity(0, {0})
+        for port, name, extra in (
+            (teacher_port, "teacher", []),
+            (student_port, "student", ["--latency-ms", str(args.student_latency_ms)]),
+        ):
+            command = [STILLROOM, "mock", "--port", str(port), *extra]
+            procs.append(start(command, work / f"{name}.log", 0))
         for url in (teacher, student):
             wait_http(url + "/v1/models")
         servers: dict[str, tuple[str, int]] = {}
@@ -120,6 +138,7 @@ def main() -> int:
                     [STILLROOM, "serve", "--port", str(port), "--upstream", teacher,
                      "--database", str(db)],
                     work / f"{name}.log",
+                    1,
                 )
             )  # fmt: skip
             servers[name] = (f"http://127.0.0.1:{port}", port)
@@ -153,6 +172,7 @@ def main() -> int:
             "rounds": args.rounds,
             "duration_s": args.duration,
             "cap": CAP,
+            "student_latency_ms": args.student_latency_ms,
             "peak_in_flight": metric(shadow_base, 'stillroom_shadow_in_flight_peak{route="bench"}'),
             "shadow_sent": metric(shadow_base, 'stillroom_shadow_requests_total{outcome="sent"}'),
             "shadow_dropped": metric(

@@ -25,6 +25,7 @@ from starlette.routing import Route
 
 from proxy.admin.api import create_admin_app
 from proxy.admin.auth import is_admin_path
+from proxy.admin.evals import EvalTasks
 from proxy.admin.stored_completions import LIST_PATH as STORED_COMPLETIONS_PATH
 from proxy.admin.stored_completions import StoredCompletions, match_route
 from proxy.capture import (
@@ -42,7 +43,7 @@ from proxy.metrics import CaptureMetrics, ProxyMetrics
 from proxy.retention import Retention
 from proxy.routing.metrics import RoutingMetrics
 from proxy.routing.router import Router
-from proxy.routing.shadow import ShadowSender
+from proxy.routing.shadow_process import ShadowProcess
 from proxy.routing.table import RouteTable
 from proxy.settings import Settings
 from proxy.tags import parse_capture_switch, parse_tags, split_prefix
@@ -71,6 +72,7 @@ class AppState:
     stored_completions: StoredCompletions | None = None  # None: forwarded (upstream mode)
     runner: JobRunner | None = None  # None: capture off (no store for jobs)
     router: Router | None = None  # None: capture off (no store for routes)
+    evals: EvalTasks | None = None  # None: capture off (no store to run evals on)
 
 
 class StillroomApp:
@@ -98,6 +100,7 @@ class StillroomApp:
                 lambda: self.state.store if self.state else None,
                 lambda: self.state.runner if self.state else None,
                 lambda: self.state.router if self.state else None,
+                lambda: self.state.evals if self.state else None,
             )
             if settings.admin_token is not None
             else None
@@ -217,13 +220,14 @@ class StillroomApp:
             )
             self.state.runner = JobRunner(store, provider, poll_interval=s.train_poll_interval)
             self.state.runner.start()
+            self.state.evals = EvalTasks(store)  # runs the evals POST /admin/evals starts
         logger.info("forwarding /v1 to %s; capture %s", s.upstream, "on" if s.capture else "off")
 
     async def _router(self, store: Store) -> Router:
         """The routes, read now and kept in step with the store; shadow traffic's workers."""
         table = RouteTable(store, refresh=self.settings.routes_refresh)
         await table.start()
-        shadow = ShadowSender(store)
+        shadow = ShadowProcess(self.settings.database)  # shadow work off the proxy's core
         shadow.start()
         router = Router(table, shadow)
         if self._routing_metrics is None:
@@ -243,6 +247,8 @@ class StillroomApp:
             await state.retention.stop()
         if state.runner is not None:
             await state.runner.stop()
+        if state.evals is not None:
+            await state.evals.stop()  # cancelled: their documents say "interrupted"
         await _wait_until(lambda: state.forwarder.active == 0, timeout=5.0)
         if state.router is not None:
             await state.router.stop()

@@ -103,7 +103,12 @@ def test_shadow_keeps_client_bytes_and_pairs(start_proxy, mock_url, student, tmp
         while len(items(db, "shadow_pair")) < 6:
             assert time.monotonic() < deadline, items(db, "shadow_pair")
             time.sleep(0.1)
-        metrics = httpx.get(base + "/metrics").text
+        deadline = time.monotonic() + 10  # the shadow worker reports twice a second
+        while 'stillroom_shadow_requests_total{outcome="sent"} 6.0' not in (
+            metrics := httpx.get(base + "/metrics").text
+        ):
+            assert time.monotonic() < deadline, metrics
+            time.sleep(0.1)
         peak = next(
             float(line.split()[-1])
             for line in metrics.splitlines()

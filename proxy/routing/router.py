@@ -31,7 +31,7 @@ import orjson
 
 from proxy.routing.decide import Decision, decide
 from proxy.routing.routes import Route
-from proxy.routing.shadow import ShadowSender
+from proxy.routing.shadow import Shadows
 from proxy.routing.table import RouteTable
 from proxy.tags import metadata_tags, parse_tags
 from proxy.types import Send
@@ -52,7 +52,7 @@ class Fallback:
 
 
 class Router:
-    def __init__(self, table: RouteTable, shadow: ShadowSender | None = None) -> None:
+    def __init__(self, table: RouteTable, shadow: Shadows | None = None) -> None:
         self.table = table
         self.shadow_sender = shadow
         self._clients: dict[str, httpx.AsyncClient] = {}

@@ -22,7 +22,8 @@ import logging
 import os
 import time
 import urllib.parse
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import httpx
 import orjson
@@ -38,6 +39,37 @@ from storage.models import CaptureRecord
 logger = logging.getLogger("stillroom.routing")
 
 
+class Shadows(Protocol):
+    """What the router and the metrics need: ``ShadowSender`` here, or ``ShadowProcess``."""
+
+    sent: int
+    dropped: int
+    failed: int
+    in_flight: dict[str, int]
+    peak_in_flight: dict[str, int]
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def submit(self, route: Route, request: dict[str, Any], record: CaptureRecord) -> None: ...
+
+    def keep_captured(
+        self, route: Route, request: dict[str, Any], teacher: CaptureRecord, student: CaptureRecord
+    ) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Shadow:
+    """One request to send to the student after the teacher answered it."""
+
+    route: Route
+    request: dict[str, Any]
+    teacher: dict[str, Any]  # the teacher's answer message
+    capture_id: str
+    teacher_latency_ms: float | None
+
+
 class ShadowSender:
     def __init__(
         self,
@@ -49,9 +81,7 @@ class ShadowSender:
         batch: int = 200,
     ) -> None:
         self.store = store
-        self._queue: asyncio.Queue[tuple[Route, dict[str, Any], CaptureRecord]] = asyncio.Queue(
-            queue_size
-        )
+        self._queue: asyncio.Queue[Shadow] = asyncio.Queue(queue_size)
         self._flush_s = flush_s
         self._batch = batch
         self._pending: dict[str, list[dict[str, Any]]] = {}
@@ -84,8 +114,20 @@ class ShadowSender:
             await pool.aclose()
 
     def submit(self, route: Route, request: dict[str, Any], record: CaptureRecord) -> None:
+        teacher = teacher_message(record)
+        if teacher is not None:
+            self.enqueue(Shadow(route, request, teacher, record.id, record.latency_ms))
+
+    def full(self) -> bool:
+        return self._queue.full()
+
+    async def idle(self) -> None:
+        """Wait until every queued shadow is done (a worker's graceful stop, tests)."""
+        await self._queue.join()
+
+    def enqueue(self, shadow: Shadow) -> None:
         try:
-            self._queue.put_nowait((route, request, record))
+            self._queue.put_nowait(shadow)
         except asyncio.QueueFull:
             self.dropped += 1
 
@@ -94,21 +136,35 @@ class ShadowSender:
     ) -> None:
         """Keep a pair both sides of which were answered already (a route in full mode: the
         student answered the client, the teacher was asked on the side)."""
-        teacher_message, student_message = _teacher_message(teacher), _teacher_message(student)
-        if teacher_message is None or student_message is None:
+        teacher_answer, student_answer = teacher_message(teacher), teacher_message(student)
+        if teacher_answer is None or student_answer is None:
             return
+        self.keep_pair(
+            Shadow(route, request, teacher_answer, teacher.id, teacher.latency_ms),
+            student_answer,
+            student.id,
+            student.latency_ms,
+        )
+
+    def keep_pair(
+        self,
+        shadow: Shadow,
+        student: dict[str, Any],
+        student_capture_id: str,
+        student_latency_ms: float | None,
+    ) -> None:
         self._keep(
-            route.name,
+            shadow.route.name,
             {
                 "type": "shadow_pair",
-                "capture_id": teacher.id,
-                "student_capture_id": student.id,
-                "scores": _score(route, student_message, teacher_message, request),
+                "capture_id": shadow.capture_id,
+                "student_capture_id": student_capture_id,
+                "scores": _score(shadow.route, student, shadow.teacher, shadow.request),
                 "error": None,
-                "student": student_message,
-                "teacher": teacher_message,
-                "student_latency_ms": student.latency_ms,
-                "teacher_latency_ms": teacher.latency_ms,
+                "student": student,
+                "teacher": shadow.teacher,
+                "student_latency_ms": student_latency_ms,
+                "teacher_latency_ms": shadow.teacher_latency_ms,
                 "at": time.time(),
             },
         )
@@ -137,24 +193,23 @@ class ShadowSender:
 
     async def _work(self) -> None:
         while True:
-            route, request, record = await self._queue.get()
+            shadow = await self._queue.get()
+            route = shadow.route
             try:
                 cap, limit = self._limits.get(route.name, (0, None))
                 if limit is None or cap != route.max_concurrency:
                     limit = asyncio.Semaphore(route.max_concurrency)
                     self._limits[route.name] = (route.max_concurrency, limit)
                 async with limit:
-                    await self._shadow(route, request, record)
+                    await self._shadow(shadow)
             except Exception:  # one pair's bug must not stop the workers
                 self.failed += 1
                 logger.exception("route %s: shadow request failed", route.name)
             finally:
                 self._queue.task_done()
 
-    async def _shadow(self, route: Route, request: dict[str, Any], record: CaptureRecord) -> None:
-        teacher = _teacher_message(record)
-        if teacher is None:
-            return
+    async def _shadow(self, shadow: Shadow) -> None:
+        route, request, teacher = shadow.route, shadow.request, shadow.teacher
         name = route.name
         self.in_flight[name] = self.in_flight.get(name, 0) + 1
         self.peak_in_flight[name] = max(self.peak_in_flight.get(name, 0), self.in_flight[name])
@@ -175,13 +230,13 @@ class ShadowSender:
             name,
             {
                 "type": "shadow_pair",
-                "capture_id": record.id,
+                "capture_id": shadow.capture_id,
                 "scores": scores,
                 "error": error,
                 "student": student,
                 "teacher": teacher,
                 "student_latency_ms": round(latency_ms, 2),
-                "teacher_latency_ms": record.latency_ms,
+                "teacher_latency_ms": shadow.teacher_latency_ms,
                 "at": time.time(),
             },
         )
@@ -222,7 +277,8 @@ class ShadowSender:
                 response.close()
 
 
-def _teacher_message(record: CaptureRecord) -> dict[str, Any] | None:
+def teacher_message(record: CaptureRecord) -> dict[str, Any] | None:
+    """The answer message of a completed chat capture (None otherwise)."""
     if record.outcome != "completed" or not isinstance(record.response, dict):
         return None
     try:
