@@ -1,14 +1,14 @@
 """The admin HTTP API under ``/admin`` (docs/admin-api.md): browse, curate and delete captures;
 datasets live in ``proxy.admin.datasets``, training jobs in ``proxy.admin.jobs``, routes in
-``proxy.admin.routes``.
+``proxy.admin.routes``, evals in ``proxy.admin.evals``.
 
-``create_admin_app(token, store, runner, router)`` is mounted by ``StillroomApp`` only when an
-admin token is set. Every request passes ``AdminAuth`` first; the routes then check their input
-against the schemas ``/admin/openapi.json`` publishes (``proxy.admin.params``), call the
-``Store`` and answer JSON. Errors are OpenAI-shaped: 400 bad parameter or body, 404 unknown or
-malformed capture id and unknown route, 405, 409 a dataset or route conflict, 413 body over
-``MAX_BODY_BYTES``, 422 a bulk edit with an empty filter and no ``"all": true``, 503 when the
-store fails.
+``create_admin_app(token, store, runner, router, evals)`` is mounted by ``StillroomApp`` only
+when an admin token is set. Every request passes ``AdminAuth`` first; the routes then check
+their input against the schemas ``/admin/openapi.json`` publishes (``proxy.admin.params``),
+call the ``Store`` and answer JSON. Errors are OpenAI-shaped: 400 bad parameter or body, 404
+unknown or malformed capture id and unknown route, 405, 409 a dataset or route conflict or a
+running eval, 413 body over ``MAX_BODY_BYTES``, 422 a bulk edit with an empty filter and no
+``"all": true``, 429 too many evals running, 503 when the store fails.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from proxy.admin._http import (
 )
 from proxy.admin.auth import AdminAuth
 from proxy.admin.datasets import dataset_routes
+from proxy.admin.evals import EvalTasksProvider, eval_routes
 from proxy.admin.jobs import RunnerProvider, job_routes
 from proxy.admin.openapi import openapi_document
 from proxy.admin.params import (
@@ -63,6 +64,7 @@ def create_admin_app(
     store: StoreProvider,
     runner: RunnerProvider | None = None,
     router: RouterProvider | None = None,
+    evals: EvalTasksProvider | None = None,
 ) -> ASGIApp:
     """The ``/admin`` ASGI app: the bearer check in front of the routes."""
     routes = AdminRoutes(store)
@@ -79,6 +81,7 @@ def create_admin_app(
             *dataset_routes(store),
             *job_routes(store, runner or (lambda: None)),
             *route_routes(store, router or (lambda: None)),
+            *eval_routes(store, evals or (lambda: None)),
         ],
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from proxy.admin._eval_schemas import EVAL_ERRORS, eval_component_schemas, eval_paths
 from proxy.admin._job_schemas import JOB_ERRORS, job_paths
 from proxy.admin._route_schemas import ROUTE_ERRORS, route_component_schemas, route_paths
 from proxy.admin._schemas import component_schemas, ref
@@ -71,6 +72,7 @@ _ERRORS = {
     "503": "the store failed or is not open",
     **JOB_ERRORS,
     **ROUTE_ERRORS,
+    **EVAL_ERRORS,
 }
 
 
@@ -175,6 +177,7 @@ def _paths() -> dict[str, Any]:
         **_dataset_paths(),
         **job_paths(_operation, _query, _ok, _links),
         **route_paths(_operation, _query, _ok, _links),
+        **eval_paths(_operation, _query, _ok, _links),
         "/admin/openapi.json": {
             "get": _operation(
                 "getOpenAPI",
@@ -280,13 +283,18 @@ def _document() -> dict[str, Any]:
             "title": "Stillroom admin API",
             "version": "1",
             "description": "Browse, curate and delete captured exchanges; build and export "
-            "datasets; train students; route traffic to them (docs/admin-api.md).",
+            "datasets; train students, evaluate them and route traffic to them "
+            "(docs/admin-api.md).",
         },
         "security": [{"bearer": []}],
         "paths": _paths(),
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {**component_schemas(), **route_component_schemas()},
+            "schemas": {
+                **component_schemas(),
+                **route_component_schemas(),
+                **eval_component_schemas(),
+            },
         },
     }
 

@@ -20,6 +20,7 @@ and the verdict against the thresholds.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -33,8 +34,12 @@ from proxy.evals.answer import Answer
 from proxy.evals.graders import Grader, GraderError, parse_graders
 from proxy.evals.stats import parse_thresholds
 from storage.base import Store
+from storage.errors import StoreError
+
+logger = logging.getLogger("stillroom.evals")
 
 KIND: Final = "eval"
+PROGRESS_INTERVAL_S: Final = 1.0  # ``done`` is saved in the document at most this often
 DEFAULT_GRADERS: Final[tuple[dict[str, Any], ...]] = (
     {"type": "string_check", "name": "exact_match", "operation": "eq"},
     {"type": "tool_call_match", "name": "tool_calls", "arguments": "exact"},
@@ -165,6 +170,13 @@ def new_eval_id() -> str:
     return "eval-" + new_capture_id().replace("-", "")
 
 
+def running_document(spec: EvalSpec, eval_id: str, total: int) -> dict[str, Any]:
+    """An eval's document while it runs: ``done`` of ``total`` examples answered so far."""
+    return {"object": "eval", "id": eval_id, "spec": spec.to_json(),
+            "student": asdict(spec.student), "status": "running", "created_at": time.time(),
+            "total": total, "done": 0}  # fmt: skip
+
+
 # -- running ----------------------------------------------------------------------------------
 
 
@@ -191,46 +203,86 @@ async def run_eval(
     eval_id: str | None = None,
     progress: Progress | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    document: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run ``spec`` to the end; the stored eval document's body (the report)."""
+    """Run ``spec`` to the end; the stored eval document's body (the report).
+
+    ``document``: the running document, already stored (``running_document``; the admin API
+    writes it to answer at once), else written once the examples are known. ``done`` is saved
+    at most once a second; a run that then fails or is cancelled is saved as ``"failed"`` with
+    its ``error`` (``"interrupted"``) before the exception goes on.
+    """
+    graders = parse_graders(list(spec.graders))
+    cases = None
+    if document is None:
+        cases = await _cases(store, spec)
+        document = running_document(spec, eval_id or new_eval_id(), len(cases))
+        await store.put_document(KIND, document["id"], document, if_version=0)
+    try:
+        if cases is None:
+            cases = await _cases(store, spec)
+        return await _run(store, spec, graders, cases, document, progress, transport)
+    except BaseException as exc:
+        error = exc.message if isinstance(exc, EvalError) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, asyncio.CancelledError):
+            error = "interrupted"
+        failed = {"status": "failed", "error": error[:300], "finished_at": time.time()}
+        await _save(store, document | failed, "that it failed")
+        raise
+
+
+async def _run(
+    store: Store,
+    spec: EvalSpec,
+    graders: list[Grader],
+    cases: list[_Case],
+    document: dict[str, Any],
+    progress: Progress | None,
+    transport: httpx.AsyncBaseTransport | None,
+) -> dict[str, Any]:
     from proxy.evals.report import build_report
 
-    eval_id = eval_id or new_eval_id()
-    graders = parse_graders(list(spec.graders))
-    cases = await _cases(store, spec)
-    started = time.time()
-    base = {
-        "object": "eval",
-        "id": eval_id,
-        "spec": spec.to_json(),
-        "student": asdict(spec.student),
-        "status": "running",
-        "created_at": started,
-    }
-    await store.put_document(KIND, eval_id, base | {"total": len(cases)}, if_version=0)
+    eval_id, total = str(document["id"]), len(cases)
+    running = document | {"total": total}
     async with httpx.AsyncClient(trust_env=False, transport=transport) as client:
         limit = asyncio.Semaphore(spec.concurrency)
-        done = 0
+        done, saved = 0, time.monotonic()
 
         async def one(case: _Case) -> None:
-            nonlocal done
+            nonlocal done, saved
             async with limit:
                 await _ask(client, spec.student, case, spec.timeout_s, source="eval")
                 if case.student is not None and spec.judge is not None:
                     await _judge(client, spec.judge, graders, case, spec.timeout_s)
             done += 1
             if progress is not None:
-                progress(done, len(cases))
+                progress(done, total)
+            if done < total and time.monotonic() - saved >= PROGRESS_INTERVAL_S:
+                saved = time.monotonic()
+                await _save(store, running | {"done": done}, "its progress")
 
-        await asyncio.gather(*(one(case) for case in cases))
+        try:  # a task group, so one failure stops the others (no progress after the failure)
+            async with asyncio.TaskGroup() as group:
+                for case in cases:
+                    group.create_task(one(case))
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None
     await asyncio.to_thread(_grade, graders, cases)
     await store.add_items(KIND, eval_id, [_item(case) for case in cases])
     report = build_report(cases_json=[_item(case) for case in cases], graders=graders,
                           thresholds=spec.thresholds)  # fmt: skip
-    body = base | {"status": "completed", "finished_at": time.time(), "total": len(cases)}
+    body = running | {"status": "completed", "finished_at": time.time(), "done": total}
     body |= report
     await store.put_document(KIND, eval_id, body)
     return body
+
+
+async def _save(store: Store, document: dict[str, Any], what: str) -> None:
+    """Progress is only shown, and saving a failure must not hide it: a store error is logged."""
+    try:
+        await store.put_document(KIND, str(document["id"]), document)
+    except StoreError as exc:
+        logger.warning("eval %s: could not save %s: %s", document["id"], what, exc)
 
 
 async def _cases(store: Store, spec: EvalSpec) -> list[_Case]:
@@ -312,7 +364,7 @@ async def _ask(
         case.student_tokens = tokens if isinstance(tokens, int) else None
     except httpx.TimeoutException:
         case.error = f"student timeout after {timeout:g}s"
-    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError, KeyError, IndexError, TypeError) as exc:
         case.error = f"student failed: {type(exc).__name__}: {str(exc)[:200]}"
 
 
