@@ -19,7 +19,7 @@ from proxy._capture_source import (
     LocalSource,
     RemoteSource,
 )
-from proxy.evals.runner import Progress
+from proxy.evals.spec import Progress
 
 
 class EvalNotFound(CommandFailed):
@@ -39,7 +39,8 @@ class EvalSource(CaptureSource, Protocol):
 
 class LocalEvals(LocalSource):
     async def run_eval(self, spec: JSON, progress: Progress | None) -> JSON:
-        from proxy.evals.runner import EvalError, parse_eval_spec, run_eval
+        from proxy.evals.runner import run_eval
+        from proxy.evals.spec import EvalError, parse_eval_spec
 
         try:
             checked = parse_eval_spec(spec)

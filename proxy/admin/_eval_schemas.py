@@ -14,7 +14,7 @@ from typing import Any
 from proxy.admin.evals import EVAL_ID_PATTERN, EVAL_ITEM_SCHEMAS, EVAL_LIST_SCHEMAS
 from proxy.admin.params import DATASET_NAME_PATTERN
 from proxy.admin.routes import KEY_ENV_PATTERN
-from proxy.evals.runner import SPLITS
+from proxy.evals.spec import SPLITS
 
 EVAL_ERRORS = {
     "400-eval-create": "bad body, or no examples in the dataset's split (code dataset_empty)",

@@ -36,15 +36,8 @@ from proxy.admin._http import (
 )
 from proxy.admin.params import is_dataset_name, matches, parse_page_params
 from proxy.errors import InvalidRequest, ProxyError, RouteNotFound, StoreNotReady
-from proxy.evals.runner import (
-    KIND,
-    EvalError,
-    EvalSpec,
-    new_eval_id,
-    parse_eval_spec,
-    run_eval,
-    running_document,
-)
+from proxy.evals.runner import KIND, new_eval_id, run_eval, running_document
+from proxy.evals.spec import EvalError, EvalSpec, parse_eval_spec
 from proxy.tasks import spawn
 from storage.base import Store
 from storage.documents import Document
