@@ -7,7 +7,9 @@ than a millisecond of client latency at concurrency 16 (bench/shadow_overhead.py
 only encodes each shadow as one JSON line (route, request, the teacher's answer) and writes it
 to the worker's stdin; the worker runs ``ShadowSender`` (the per-route concurrency cap, the
 timeout, the graders, batched writes of the pairs to its own connection to the store) and
-reports its counters as one JSON line on stdout every half second, which ``/metrics`` shows.
+reports its counters as one JSON line on stdout ten times a second, which ``/metrics`` shows;
+while its queue is full (the student is at its concurrency cap and behind), the proxy drops new
+shadows before encoding them.
 
 The worker starts on the first shadow (a proxy whose routes never shadow never starts it), runs
 on the CPUs the proxy is not pinned to when it is pinned to some, and is restarted if it dies.
@@ -34,7 +36,7 @@ from storage.models import CaptureRecord
 
 logger = logging.getLogger("stillroom.routing")
 
-_STATS_EVERY: Final = 0.5
+_STATS_EVERY: Final = 0.1
 _EARLY_FRAMES: Final = 1000
 _BACKLOG: Final = 2000  # frames the worker may be behind before the proxy drops new ones
 
@@ -56,6 +58,7 @@ class ShadowProcess:
         self._written = 0  # frames written to the worker
         self._seen = 0  # frames the worker has read (its last report)
         self._written_before_start = 0
+        self._worker_full = False  # the worker's queue was full at its last report
         self._route_json: dict[int, tuple[Route, bytes]] = {}
         self.sent = self.failed = 0
         self.dropped = 0  # here (buffer full, worker down) and in the worker (its queue full)
@@ -87,7 +90,7 @@ class ShadowProcess:
                 await self._reader
 
     def submit(self, route: Route, request: dict[str, Any], record: CaptureRecord) -> None:
-        if self._written - self._seen >= _BACKLOG:
+        if self._worker_full or self._written - self._seen >= _BACKLOG:
             self.dropped += 1  # the worker is behind: drop here, before any encoding
             return
         teacher = teacher_message(record)
@@ -168,6 +171,7 @@ class ShadowProcess:
                 continue
             self.sent, self.failed = int(stats["sent"]), int(stats["failed"])
             self._seen = self._written_before_start + int(stats["seen"])
+            self._worker_full = bool(stats.get("full"))
             self.dropped += int(stats["dropped"]) - self._worker_dropped
             self._worker_dropped = int(stats["dropped"])
             self.in_flight = dict(stats["in_flight"])
@@ -250,6 +254,7 @@ async def _report(sender: ShadowSender) -> None:
 def _write_stats(sender: ShadowSender) -> None:
     stats = {
         "seen": _SEEN[0],
+        "full": sender.full(),
         "sent": sender.sent,
         "failed": sender.failed,
         "dropped": sender.dropped,
