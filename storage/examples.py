@@ -25,7 +25,8 @@ Conversion (``../shared/reference/openai-api.md`` §3.9, §6.9):
 
 Gates, in this order; the first that fails names the ``Rejection`` (``REASONS``):
 ``not_teacher`` (the proxy's own eval, judge or shadow traffic, tagged ``stillroom.source``, or
-an answer a student gave through a route, ``stillroom.served_by: student:…``), ``not_completed`` (outcome other than completed, or status not 2xx), ``truncated``,
+an answer a student gave through a route, ``stillroom.served_by: student:…``),
+``not_completed`` (outcome other than completed, or status not 2xx), ``truncated``,
 ``unsupported_endpoint``, ``incomplete_chain``, ``excluded`` (marked by an operator),
 ``negative_feedback`` (score < 0), ``refusal``, ``finish_length``, ``finish_content_filter``,
 ``invalid_tool_arguments`` (a tool call's arguments are not a JSON object text),
