@@ -66,7 +66,7 @@ def start(args: list[str], log: Path, cpu: int | None = None) -> subprocess.Pope
     return subprocess.Popen(args, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
-def make_route(db: Path, student: str) -> None:
+def make_route(db: Path, student: str, rate: float = 1.0) -> None:
     from proxy.routing.service import RouteService
     from storage.sqlite import SQLiteStore
 
@@ -79,7 +79,7 @@ def make_route(db: Path, student: str) -> None:
                     "model": "gpt-4o-mini",
                     "student": {"base_url": student + "/v1", "model": "student"},
                     "mode": "shadow",
-                    "shadow_rate": 1.0,
+                    "shadow_rate": rate,
                     "max_concurrency": CAP,
                     "timeout_s": 10,
                 }
@@ -107,6 +107,10 @@ def main() -> int:
         help="the student's time to answer (a small model on a GPU: tens of ms; 0: as fast as "
         "the mock, when the student's own CPU load lands on the load generator's core)",
     )  # fmt: skip
+    parser.add_argument(
+        "--shadow-rate", type=float, default=1.0,
+        help="the route's shadow_rate (0: the route decides and records, nothing is shadowed)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, help="write the summary JSON here")
     args = parser.parse_args()
 
@@ -131,7 +135,7 @@ def main() -> int:
         for name in ("no-route", "shadow"):
             db = work / f"{name}.db"
             if name == "shadow":
-                make_route(db, student)
+                make_route(db, student, args.shadow_rate)
             port = free_port()
             procs.append(
                 start(
@@ -173,6 +177,7 @@ def main() -> int:
             "duration_s": args.duration,
             "cap": CAP,
             "student_latency_ms": args.student_latency_ms,
+            "shadow_rate": args.shadow_rate,
             "peak_in_flight": metric(shadow_base, 'stillroom_shadow_in_flight_peak{route="bench"}'),
             "shadow_sent": metric(shadow_base, 'stillroom_shadow_requests_total{outcome="sent"}'),
             "shadow_dropped": metric(

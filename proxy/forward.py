@@ -133,7 +133,12 @@ def _caller(headers: list[tuple[bytes, bytes]]) -> str | None:
 
 
 def _route_tags(route: str, served_by: str, reason: str) -> dict[str, str]:
-    return {SERVED_BY_TAG: served_by, ROUTE_TAG: route, ROUTE_DECISION_TAG: reason[:200]}
+    """The route decision on the capture; ``served_by`` only when a student answered (absent
+    means the teacher: one tag row less per capture, on every routed request)."""
+    tags = {ROUTE_TAG: route, ROUTE_DECISION_TAG: reason[:200]}
+    if served_by != "teacher":
+        tags[SERVED_BY_TAG] = served_by
+    return tags
 
 
 def _has_dot_segment(path: str) -> bool:
