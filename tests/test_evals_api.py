@@ -326,3 +326,31 @@ def test_eval_cli_over_the_admin_api(start_proxy, mock_url, traffic, student):
         assert bad.exit_code != 0 and "base_url" in bad.output
         refused = invoke(["eval", "list", "--url", base, "--admin-token", WRONG])
         assert refused.exit_code == 1 and "401" in refused.output
+
+
+def test_an_abandoned_running_eval_can_be_deleted(start_proxy, mock_url, traffic):
+    """A server killed mid-run leaves its eval "running"; once it has saved no progress for two
+    student timeouts and a minute, it can be deleted."""
+    import asyncio
+    import sqlite3
+
+    from storage.sqlite import SQLiteStore
+
+    body = {"id": "eval-" + "0" * 32, "status": "running", "spec": {"timeout_s": 5}}
+
+    async def plant() -> None:
+        async with SQLiteStore(traffic) as store:
+            await store.put_document("eval", body["id"], body)
+
+    asyncio.run(plant())
+    with (
+        serve(start_proxy, mock_url, traffic) as base,
+        httpx.Client(base_url=base, headers=AUTH) as http,
+    ):
+        error_of(http.delete(f"/admin/evals/{body['id']}"), 409)  # fresh: maybe alive
+        with sqlite3.connect(traffic) as db:
+            db.execute("UPDATE documents SET updated_at = updated_at - 71 WHERE id = ?",
+                       (body["id"],))  # fmt: skip
+        deleted = http.delete(f"/admin/evals/{body['id']}")
+        assert deleted.status_code == 200, deleted.text
+        assert http.get(f"/admin/evals/{body['id']}").status_code == 404

@@ -66,6 +66,15 @@ EVAL_ITEM_SCHEMAS: Final[dict[str, dict[str, Any]]] = {
 }
 
 
+def _abandoned(doc: Document) -> bool:
+    """A "running" eval whose server died (``kill -9``): no progress saved for longer than two
+    student timeouts and a minute, which no live run goes without (each answer saves it)."""
+    spec = doc.body.get("spec")
+    given = spec.get("timeout_s") if isinstance(spec, dict) else None
+    timeout = float(given) if isinstance(given, int | float) else 60.0
+    return time.time() - doc.updated_at > 2 * timeout + 60.0
+
+
 class EvalInvalid(InvalidRequest):
     def __init__(self, message: str, *, code: str, param: str | None = None) -> None:
         super().__init__(message, param=param)
@@ -238,7 +247,7 @@ class EvalRoutes:
     async def _delete(self, request: Request) -> Response:
         _no_parameters(request)
         doc = await self._document(request)
-        if doc.body.get("status") == "running":
+        if doc.body.get("status") == "running" and not _abandoned(doc):
             raise EvalRunning(f"eval {doc.id} is still running; delete it once it has finished")
         if not await self.store().delete_document(KIND, doc.id):
             raise _no_eval(doc.id)
