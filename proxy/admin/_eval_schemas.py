@@ -11,6 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from proxy.admin._schema_parts import closed as _closed
+from proxy.admin._schema_parts import nullable as _nullable
+from proxy.admin._schema_parts import ref as _ref
 from proxy.admin.evals import EVAL_ID_PATTERN, EVAL_ITEM_SCHEMAS, EVAL_LIST_SCHEMAS
 from proxy.admin.params import DATASET_NAME_PATTERN
 from proxy.admin.routes import KEY_ENV_PATTERN
@@ -34,25 +37,8 @@ _GRADER_TYPES = (
 _STATUSES = ("running", "completed", "failed")
 
 
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _nullable(kind: str, **extra: Any) -> dict[str, Any]:
-    return {"type": [kind, "null"], **extra}
-
-
 def _or_null(schema: dict[str, Any]) -> dict[str, Any]:
     return {"anyOf": [{"type": "null"}, schema]}
-
-
-def _closed(properties: dict[str, Any], *, optional: tuple[str, ...] = ()) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "additionalProperties": False,
-        "required": [name for name in properties if name not in optional],
-        "properties": properties,
-    }
 
 
 def _spec_schema() -> dict[str, Any]:

@@ -9,6 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from proxy.admin._schema_parts import closed as _closed
+from proxy.admin._schema_parts import nullable as _nullable
+from proxy.admin._schema_parts import ref as _ref
 from proxy.admin.params import DATASET_NAME_PATTERN, JOB_EVENT_SCHEMAS, JOB_LIST_SCHEMAS
 from storage.jobs import (
     BACKENDS,
@@ -25,23 +28,6 @@ JOB_ERRORS = {
     "404-job-dataset": "no such dataset",
     "409-cancel": "the job has finished, or the provider refused or could not be reached",
 }
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _nullable(kind: str, **extra: Any) -> dict[str, Any]:
-    return {"type": [kind, "null"], **extra}
-
-
-def _closed(properties: dict[str, Any], *, optional: tuple[str, ...] = ()) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "additionalProperties": False,
-        "required": [name for name in properties if name not in optional],
-        "properties": properties,
-    }
 
 
 def job_component_schemas() -> dict[str, Any]:

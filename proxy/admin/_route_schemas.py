@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from proxy.admin._schema_parts import closed as _closed
+from proxy.admin._schema_parts import nullable as _nullable
+from proxy.admin._schema_parts import ref as _ref
 from proxy.admin.routes import (
     KEY_ENV_PATTERN,
     MAX_EVAL_ID,
@@ -33,23 +36,6 @@ _GRADER_TYPES = (
     "tool_call_match",
     "score_model",
 )
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _nullable(kind: str, **extra: Any) -> dict[str, Any]:
-    return {"type": [kind, "null"], **extra}
-
-
-def _closed(properties: dict[str, Any], *, optional: tuple[str, ...] = ()) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "additionalProperties": False,
-        "required": [name for name in properties if name not in optional],
-        "properties": properties,
-    }
 
 
 def _number(low: float, high: float, description: str) -> dict[str, Any]:

@@ -11,6 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from proxy.admin._job_schemas import job_component_schemas
+from proxy.admin._schema_parts import closed as closed_object
+from proxy.admin._schema_parts import nullable as nullable
+from proxy.admin._schema_parts import ref as ref
 from proxy.admin.params import (
     CAPTURE_ID_PATTERN,
     DATASET_NAME_PATTERN,
@@ -22,23 +25,6 @@ from storage.datasets import SPLITS
 from storage.export import FORMATS
 from storage.models import OUTCOMES
 from storage.query import MAX_NOTE, MAX_TAG_VALUE, MAX_TAGS_PER_FILTER
-
-
-def ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def nullable(kind: str) -> dict[str, Any]:
-    return {"type": [kind, "null"]}
-
-
-def closed_object(properties: dict[str, Any], *, optional: tuple[str, ...] = ()) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "additionalProperties": False,
-        "required": [name for name in properties if name not in optional],
-        "properties": properties,
-    }
 
 
 def component_schemas() -> dict[str, Any]:
