@@ -1,5 +1,5 @@
 """Shadow traffic in a process of its own: ``ShadowProcess`` (the proxy's side) and ``main``
-(the worker: ``python -m proxy.routing.shadow_process DATABASE``).
+(the worker: ``python -m proxy.routing.shadow_process``, its database in the environment).
 
 At a full shadow rate a student that answers fast gets as many requests as the clients send,
 and asking it, reading its answer, scoring the pair and storing it costs the proxy's core more
@@ -38,6 +38,7 @@ logger = logging.getLogger("stillroom.routing")
 
 _STATS_EVERY: Final = 0.1
 _EARLY_FRAMES: Final = 1000
+_DATABASE_VAR: Final = "STILLROOM_WORKER_DATABASE_INTERNAL"
 _BACKLOG: Final = 2000  # frames the worker may be behind before the proxy drops new ones
 
 
@@ -147,9 +148,9 @@ class ShadowProcess:
     async def _start(self) -> None:
         try:
             self._proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "proxy.routing.shadow_process", self.database,
+                sys.executable, "-m", "proxy.routing.shadow_process",
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                env=_worker_env(),
+                env=_worker_env(self.database),
             )  # fmt: skip
         except OSError as exc:
             logger.error("could not start the shadow worker: %s", exc)
@@ -181,9 +182,12 @@ class ShadowProcess:
             logger.error("shadow worker exited with status %s; it restarts with the next one", code)
 
 
-def _worker_env() -> dict[str, str]:
+def _worker_env(database: str) -> dict[str, str]:
+    """No settings but the database, which goes in the environment, not on the command line
+    (a Postgres URL may hold a password; any user on the host can read a process's argv)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STILLROOM_")}
-    return env  # the worker needs no settings: its database comes as an argument
+    env[_DATABASE_VAR] = database
+    return env
 
 
 def _free_cpus() -> None:
@@ -266,12 +270,15 @@ def _write_stats(sender: ShadowSender) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        sys.stderr.write("usage: python -m proxy.routing.shadow_process DATABASE\n")
+    database = os.environ.get(_DATABASE_VAR)
+    if argv or not database:
+        sys.stderr.write(
+            f"usage: {_DATABASE_VAR}=DATABASE python -m proxy.routing.shadow_process\n"
+        )
         return 2
     logging.basicConfig(level=logging.WARNING, format="shadow worker: %(message)s")
     _free_cpus()
-    asyncio.run(_serve(argv[0]))
+    asyncio.run(_serve(database))
     return 0
 
 
