@@ -354,7 +354,9 @@ def _checked_patch(body: JSON) -> JSON:
     return body
 
 
-def _read_json_object(path: str) -> JSON:
+def read_json_file(path: str, flag: str) -> object:
+    """The JSON in ``path`` (``-``: standard input); ``BadUsage`` naming ``flag`` when it cannot
+    be read or is not JSON."""
     import json
 
     try:
@@ -363,11 +365,15 @@ def _read_json_object(path: str) -> JSON:
         else:
             with open(path, encoding="utf-8") as file:
                 text = file.read()
-        value = json.loads(text)
+        return json.loads(text)
     except OSError as exc:
-        raise BadUsage(f"--corrected-response: cannot read {path}: {exc.strerror}") from None
+        raise BadUsage(f"{flag}: cannot read {path}: {exc.strerror}") from None
     except ValueError as exc:
-        raise BadUsage(f"--corrected-response: {path} is not JSON: {exc}") from None
+        raise BadUsage(f"{flag}: {path} is not JSON: {exc}") from None
+
+
+def _read_json_object(path: str) -> JSON:
+    value = read_json_file(path, "--corrected-response")
     if not isinstance(value, dict):
         raise BadUsage("--corrected-response must hold a JSON object (a response)")
     return value

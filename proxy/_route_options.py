@@ -10,12 +10,12 @@ flags themselves cannot hold raises ``BadUsage`` (one ``Error:`` line, exit 2).
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable
 from typing import Any
 
 import click
 
+from proxy._capture_options import read_json_file
 from proxy._capture_source import JSON, BadUsage
 
 Command = Callable[..., Any]
@@ -134,19 +134,7 @@ def _number(value: str, flag: str) -> float:
 
 
 def _read_file(path: str) -> JSON:
-    import sys
-
-    try:
-        if path == "-":
-            text = sys.stdin.read()
-        else:
-            with open(path, encoding="utf-8") as file:
-                text = file.read()
-        value = json.loads(text)
-    except OSError as exc:
-        raise BadUsage(f"--file: cannot read {path}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise BadUsage(f"--file: {path} is not JSON: {exc}") from None
+    value = read_json_file(path, "--file")
     if not isinstance(value, dict):
         raise BadUsage("--file must hold a JSON object (route fields)")
     return value

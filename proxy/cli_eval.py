@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from proxy._capture_options import SourceSpec, json_option, source_options
+from proxy._capture_options import SourceSpec, json_option, read_json_file, source_options
 from proxy._capture_source import JSON, BadUsage
 from proxy._eval_source import EvalSource
 
@@ -120,11 +120,7 @@ def run(
         body["student"]["api_key_env"] = student_key_env
     chosen = [_grader(text) for text in graders]
     if graders_file:
-        with open(graders_file, encoding="utf-8") as file:
-            try:
-                listed = json.load(file)
-            except ValueError as exc:
-                raise BadUsage(f"--graders-file: not JSON: {exc}") from None
+        listed = read_json_file(graders_file, "--graders-file")
         if not isinstance(listed, list):
             raise BadUsage("--graders-file must hold a JSON list of grader objects")
         chosen += listed

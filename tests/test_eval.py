@@ -156,7 +156,15 @@ def test_eval_and_judge_traffic_through_the_proxy_is_marked(start_proxy, mock_ur
 
 def test_bad_eval_requests(traffic):
     where = ["--database", str(traffic)]
+    not_json = traffic.parent / "graders.txt"
+    not_json.write_text("rouge_l please")
+    an_object = traffic.parent / "graders.json"
+    an_object.write_text('{"type": "json_valid", "name": "j"}')
     for args, text in (
+        (["--dataset", "qa", "--student-url", "http://127.0.0.1:9/v1", "--student-model", "m",
+          "--graders-file", str(not_json)], f"--graders-file: {not_json} is not JSON"),
+        (["--dataset", "qa", "--student-url", "http://127.0.0.1:9/v1", "--student-model", "m",
+          "--graders-file", str(an_object)], "must hold a JSON list of grader objects"),
         (["--dataset", "nope", "--student-url", "http://127.0.0.1:9/v1", "--student-model", "m"],
          "no dataset named nope"),
         (["--dataset", "qa", "--student-url", "ftp://x", "--student-model", "m"],

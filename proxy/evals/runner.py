@@ -31,11 +31,7 @@ import orjson
 
 from proxy.evals.answer import Answer
 from proxy.evals.graders import Grader, parse_graders
-from proxy.evals.spec import DEFAULT_GRADERS as DEFAULT_GRADERS
-from proxy.evals.spec import SPLITS as SPLITS
-from proxy.evals.spec import Endpoint, EvalSpec, Progress
-from proxy.evals.spec import EvalError as EvalError
-from proxy.evals.spec import parse_eval_spec as parse_eval_spec
+from proxy.evals.spec import Endpoint, EvalError, EvalSpec, Progress
 from storage.base import Store
 from storage.errors import StoreError
 

@@ -1,8 +1,10 @@
 """``ShadowSender``: after the teacher answered, ask the student too, score the pair, keep it.
 
-Never in the client's way: ``submit`` only puts the request and the teacher's capture record
-(built in memory at the end of the exchange; a streamed answer already reassembled) on a
-bounded queue (full: the request is not shadowed, and counted) and returns. Workers take
+It runs in the shadow worker process (``proxy.routing.shadow_process``), fed one ``Shadow``
+at a time: the request and the teacher's answer, taken from the capture record built in memory
+at the end of the exchange (a streamed answer already reassembled). ``enqueue`` puts it on a
+bounded queue (full: not shadowed, and counted); ``keep_pair`` keeps a pair whose student
+answer is known already (a route in full mode). Workers take
 requests off the queue; per route at most ``max_concurrency`` student requests are in flight,
 each bounded by the route's ``timeout_s``. The student's answer is scored with the route's
 graders and the pair kept as a ``shadow_pair`` item under the route (``storage.documents``):
@@ -40,7 +42,7 @@ logger = logging.getLogger("stillroom.routing")
 
 
 class Shadows(Protocol):
-    """What the router and the metrics need: ``ShadowSender`` here, or ``ShadowProcess``."""
+    """What the router and the metrics need (``ShadowProcess``)."""
 
     sent: int
     dropped: int
@@ -113,11 +115,6 @@ class ShadowSender:
         for pool in pools:
             await pool.aclose()
 
-    def submit(self, route: Route, request: dict[str, Any], record: CaptureRecord) -> None:
-        teacher = teacher_message(record)
-        if teacher is not None:
-            self.enqueue(Shadow(route, request, teacher, record.id, record.latency_ms))
-
     def full(self) -> bool:
         return self._queue.full()
 
@@ -130,21 +127,6 @@ class ShadowSender:
             self._queue.put_nowait(shadow)
         except asyncio.QueueFull:
             self.dropped += 1
-
-    def keep_captured(
-        self, route: Route, request: dict[str, Any], teacher: CaptureRecord, student: CaptureRecord
-    ) -> None:
-        """Keep a pair both sides of which were answered already (a route in full mode: the
-        student answered the client, the teacher was asked on the side)."""
-        teacher_answer, student_answer = teacher_message(teacher), teacher_message(student)
-        if teacher_answer is None or student_answer is None:
-            return
-        self.keep_pair(
-            Shadow(route, request, teacher_answer, teacher.id, teacher.latency_ms),
-            student_answer,
-            student.id,
-            student.latency_ms,
-        )
 
     def keep_pair(
         self,
