@@ -50,11 +50,13 @@ main() {
   echo "== wheels"
   [[ -f $WHEELS/requirements.txt ]] ||
     die "$WHEELS is missing: run bench/gpu_wheels.sh on the dev machine and carry build/gpu-wheels"
-  rm -rf "$SITE"
   started=$SECONDS
-  "$PY" -m pip install --quiet --disable-pip-version-check --no-index --no-deps --no-compile \
-    --no-cache-dir --target "$SITE" --find-links "$WHEELS" -r "$WHEELS/requirements.txt" ||
-    die "pip could not install the carried wheels"
+  if [[ ${BENCH_SITE_READY:-} != 1 ]]; then  # bench/device_check.sh installed them already
+    rm -rf "$SITE"
+    "$PY" -m pip install --quiet --disable-pip-version-check --no-index --no-deps --no-compile \
+      --no-cache-dir --target "$SITE" --find-links "$WHEELS" -r "$WHEELS/requirements.txt" ||
+      die "pip could not install the carried wheels"
+  fi
   export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
   export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
   echo "installed in $((SECONDS - started))s"

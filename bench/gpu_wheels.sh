@@ -21,6 +21,10 @@ DEST=build/gpu-wheels
 PY=${PYTHON:-.venv/bin/python}
 LOCK=requirements/dev.txt
 PACKAGES=(trl datasets transformers peft dill multiprocess regex orjson aiosqlite)
+# The proxy's own runtime, at the lock's versions, for the CPU benchmarks run on that machine's
+# 16 cores (bench/device_check.sh: bench/shadow_overhead.py --spread).
+PACKAGES+=(starlette uvicorn httptools httpx httpcore h11 anyio sniffio idna certifi
+  prometheus-client click jsonschema-rs tiktoken uvloop typing-extensions)
 LIMIT_MIB=60
 
 pins=()

@@ -8,7 +8,9 @@ from ``stillroom_shadow_in_flight_peak`` on ``/metrics``).
 Setup: one ``stillroom mock`` is the teacher, a second one the student; like ``bench/run``, the
 proxy runs alone on CPU 1 while the mocks and the load generator share CPU 0, so the figures
 show what shadow traffic costs the proxy, not what the student costs the machine (a real
-student runs elsewhere, usually on a GPU). Each round runs
+student runs elsewhere, usually on a GPU). With ``--spread`` (a machine of 6 or more CPUs) the
+teacher and the student get a core each (CPUs 2 and 3), so the load generator has CPU 0 alone
+and the shadow worker one of the idle cores. Each round runs
 ``no-route`` then ``shadow`` (then the other order next round), ``--duration`` seconds each at
 ``-c`` connections, non-streamed and streamed. Reports medians over rounds of p50 and p99, the
 p50 difference, shadow pairs kept, and the peak in flight.
@@ -35,6 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.harness import descendants, tree_cpu  # noqa: E402
 from bench.loadgen import build_request, run_cell  # noqa: E402
 
 STILLROOM = str(ROOT / ".venv" / "bin" / "stillroom")
@@ -111,8 +114,15 @@ def main() -> int:
         "--shadow-rate", type=float, default=1.0,
         help="the route's shadow_rate (0: the route decides and records, nothing is shadowed)",
     )  # fmt: skip
+    parser.add_argument(
+        "--spread", action="store_true",
+        help="give the teacher and the student mocks a core each (CPUs 2 and 3; needs 6 CPUs)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, help="write the summary JSON here")
     args = parser.parse_args()
+    if args.spread and (os.cpu_count() or 1) < 6:
+        parser.error(f"--spread needs 6 CPUs or more; this machine has {os.cpu_count()}")
+    mock_cpus = {"teacher": 2, "student": 3} if args.spread else {"teacher": 0, "student": 0}
 
     work = Path(tempfile.mkdtemp(prefix="stillroom-shadow-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
@@ -128,10 +138,11 @@ def main() -> int:
             (student_port, "student", ["--latency-ms", str(args.student_latency_ms)]),
         ):
             command = [STILLROOM, "mock", "--port", str(port), *extra]
-            procs.append(start(command, work / f"{name}.log", 0))
+            procs.append(start(command, work / f"{name}.log", mock_cpus[name]))
         for url in (teacher, student):
             wait_http(url + "/v1/models")
         servers: dict[str, tuple[str, int]] = {}
+        pids: dict[str, int] = {}
         for name in ("no-route", "shadow"):
             db = work / f"{name}.db"
             if name == "shadow":
@@ -146,6 +157,7 @@ def main() -> int:
                 )
             )  # fmt: skip
             servers[name] = (f"http://127.0.0.1:{port}", port)
+            pids[name] = procs[-1].pid
         for base, _ in servers.values():
             wait_http(base + "/healthz")
 
@@ -156,22 +168,36 @@ def main() -> int:
                 for name in order:
                     _, port = servers[name]
                     request = build_request("127.0.0.1", port, "/v1/chat/completions", stream)
+                    workers = descendants(pids[name])  # the shadow worker, once it started
+
+                    def snap(pid: int = pids[name], workers: list[int] = workers) -> list[float]:
+                        return [tree_cpu([pid]), tree_cpu(workers)]
+
                     result = run_cell(
                         "127.0.0.1", port, request, stream=stream,
                         concurrency=args.concurrency, warmup=args.warmup, duration=args.duration,
+                        on_window_start=snap, on_window_end=snap,
                     )  # fmt: skip
+                    a, b = result.pop("window_start"), result.pop("window_end")
+                    served = result["rps"] * result["elapsed_s"]
+                    result["proxy_us"] = (b[0] - a[0]) / served * 1e6 if served else 0.0
+                    result["worker_us"] = (b[1] - a[1]) / served * 1e6 if served else 0.0
                     cells.setdefault((name, stream), []).append(result)
                     print(  # noqa: T201
                         f"round {round_no + 1} {name:<8} stream={stream!s:<5} "
                         f"p50 {result['latency_ms']['p50']:.2f} ms  p99 "
                         f"{result['latency_ms']['p99']:.2f} ms  {result['rps']:.0f} rps  "
-                        f"errors {result['errors']}",
+                        f"proxy CPU {result['proxy_us']:.0f} us/req  "
+                        f"worker {result['worker_us']:.0f} us/req  errors {result['errors']}",
                         flush=True,
                     )
         shadow_base = servers["shadow"][0]
         time.sleep(2)  # let the shadow queue drain before reading the counters
         summary: dict[str, Any] = {
             "machine": f"{os.cpu_count()} CPUs, {sys.platform}",
+            "layout": "spread: loadgen CPU 0, proxy CPU 1, teacher CPU 2, student CPU 3"
+            if args.spread
+            else "loadgen and both mocks CPU 0, proxy CPU 1",
             "concurrency": args.concurrency,
             "rounds": args.rounds,
             "duration_s": args.duration,
@@ -193,6 +219,8 @@ def main() -> int:
                     "p50_ms": statistics.median(r["latency_ms"]["p50"] for r in results),
                     "p99_ms": statistics.median(r["latency_ms"]["p99"] for r in results),
                     "rps": statistics.median(r["rps"] for r in results),
+                    "proxy_cpu_us_per_request": statistics.median(r["proxy_us"] for r in results),
+                    "worker_cpu_us_per_request": statistics.median(r["worker_us"] for r in results),
                     "errors": sum(r["errors"] for r in results),
                 }
             rows["p50_added_ms"] = rows["shadow"]["p50_ms"] - rows["no-route"]["p50_ms"]
