@@ -14,6 +14,9 @@ re-serialising). Per request it:
    timer per request (a chunk only stamps the time);
 6. ends each exchange in exactly one ``Outcome`` and reports it to the tee and the metrics.
 
+While routes exist, ``proxy.routing.exchange`` decides before step 3 whether the student
+answers instead, and queues the shadow after it.
+
 Errors of the proxy's own become OpenAI-shaped JSON (``errors.py``). Once the response has
 started its status cannot change: an upstream failure mid-body aborts the client connection
 without the chunked terminator, so the client sees a broken stream, never a clean one.
@@ -22,18 +25,15 @@ without the chunked terminator, so the client sees a broken stream, never a clea
 from __future__ import annotations
 
 import asyncio
-import functools
-import hashlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 import httpx
 
 from proxy import headers as header_policy
-from proxy.capture import SCOPE_SERVED_BY
 from proxy.errors import (
     InvalidRequest,
     ProxyBusy,
@@ -46,13 +46,11 @@ from proxy.errors import (
 )
 from proxy.http1 import UpstreamResponse
 from proxy.metrics import ProxyMetrics, route_template
-from proxy.routing.decide import Decision
-from proxy.routing.router import SERVED_BY_HEADER, Fallback, Router
-from proxy.routing.teacher_shadow import ask_teacher
-from proxy.tags import ROUTE_DECISION_TAG, ROUTE_TAG, SERVED_BY_TAG
+from proxy.routing.exchange import ExchangeRouting
+from proxy.routing.router import SERVED_BY_HEADER, Router
 from proxy.tasks import spawn
 from proxy.types import Receive, Scope, Send
-from storage.models import CaptureRecord, Outcome
+from storage.models import Outcome
 
 logger = logging.getLogger("stillroom.forward")
 
@@ -124,23 +122,6 @@ class _Watch:
         self.done = False
 
 
-def _caller(headers: list[tuple[bytes, bytes]]) -> str | None:
-    """A short in-memory hash of the caller's credential (a canary's sticky key; never kept)."""
-    for name, value in headers:
-        if name == b"authorization" or name == b"api-key":
-            return hashlib.blake2b(value, digest_size=8).hexdigest()
-    return None
-
-
-def _route_tags(route: str, served_by: str, reason: str) -> dict[str, str]:
-    """The route decision on the capture; ``served_by`` only when a student answered (absent
-    means the teacher: one tag row less per capture, on every routed request)."""
-    tags = {ROUTE_TAG: route, ROUTE_DECISION_TAG: reason[:200]}
-    if served_by != "teacher":
-        tags[SERVED_BY_TAG] = served_by
-    return tags
-
-
 def _has_dot_segment(path: str) -> bool:
     return "/./" in path or "/../" in path or path.endswith(("/.", "/.."))
 
@@ -160,7 +141,13 @@ class Forwarder:
         self._pool = upstream
         self._metrics = metrics
         self._tee_factory = tee_factory
-        self._router = router
+        self._routing = (
+            ExchangeRouting(
+                router, upstream, self._tee, config.first_byte_timeout + config.idle_timeout
+            )
+            if router is not None
+            else None
+        )
         self._prefix = config.upstream_path.encode("ascii")
         self.active = 0  # exchanges in progress; shutdown waits for it to reach 0
         self.buffered = 0  # request-body bytes held by exchanges in progress
@@ -208,36 +195,23 @@ class Forwarder:
         out_headers, ours = header_policy.upstream_request_headers(
             scope["headers"], self._config.upstream_api_key
         )
-        routed = None
-        if self._router is not None and self._router.table.routes:
-            routed = self._router.decide(
-                scope["method"], scope["path"], body, ours, _caller(scope["headers"])
-            )
-        extra: list[tuple[bytes, bytes]] = []
-        if routed is not None:
-            decision, request_obj = routed
-            served = decision.route.served_by if decision.target == "student" else "teacher"
-            scope[SCOPE_SERVED_BY] = _route_tags(decision.route.name, served, decision.reason)
-            extra.append((SERVED_BY_HEADER, b"teacher"))
-        try:
-            tee = self._tee(scope, body, ours)
-            if routed is not None and routed[0].target == "student":
-                assert self._router is not None
-                result = await self._router.answer(routed[0], routed[1], send, tee)
-                if not isinstance(result, Fallback):
-                    if routed[0].shadow:  # full mode: the teacher answers too, on the side
-                        self._shadow_teacher(scope, body, ours, out_headers, routed, tee)
-                    return result
-                reason = f"fallback: {result.reason}"
-                scope[SCOPE_SERVED_BY] = _route_tags(routed[0].route.name, "teacher", reason)
-                tee = self._tee(scope, body, ours)  # a new capture: the teacher's answer
-        except ProxyError as exc:  # bad X-Stillroom-* input: refused before going upstream
-            self._metrics.count_proxy_error(exc)
-            return await _send_error(send, exc)
+        routing = self._routing
+        routed = routing.decide(scope, body, ours) if routing is not None else None
+        extra = [(SERVED_BY_HEADER, b"teacher")] if routed is not None else []
         target = self._prefix + (scope.get("raw_path") or scope["path"].encode())
         if scope["query_string"]:
             target += b"?" + scope["query_string"]
         request = _Request(scope["method"], target, out_headers, body)
+        try:
+            tee = self._tee(scope, body, ours)
+            if routing is not None and routed is not None and routed.decision.target == "student":
+                status = await routing.answer(routed, scope, body, ours, request, send, tee)
+                if status is not None:
+                    return status
+                tee = self._tee(scope, body, ours)  # a new capture: the teacher's answer
+        except ProxyError as exc:  # bad X-Stillroom-* input: refused before going upstream
+            self._metrics.count_proxy_error(exc)
+            return await _send_error(send, exc)
         task: asyncio.Task[object] = asyncio.current_task()  # type: ignore[assignment]
         watch = _Watch(
             task, asyncio.get_running_loop(), self._config.first_byte_timeout, self._check_deadline
@@ -250,58 +224,9 @@ class Forwarder:
             watch.done = True
             watch.handle.cancel()
             watcher.cancel()
-        if routed is not None and routed[0].shadow and status < 400 and self._router is not None:
-            self._router.shadow(routed[0], routed[1], getattr(tee, "record", None))
+        if routing is not None and routed is not None:
+            routing.after(routed, status, tee)
         return status
-
-    def _shadow_teacher(
-        self,
-        scope: Scope,
-        body: bytes,
-        ours: dict[bytes, bytes],
-        out_headers: list[tuple[bytes, bytes]],
-        routed: tuple[Decision, dict[str, Any]],
-        student_tee: Tee | None,
-    ) -> None:
-        """Ask the teacher too, in the background (a route in full mode keeps measuring the
-        student and collecting the teacher's answers): captured as the teacher's, and the pair
-        scored. Capped at the route's ``max_concurrency``; never waits for a slot."""
-        decision, request_obj = routed
-        router = self._router
-        student = getattr(student_tee, "record", None)
-        if router is None or student is None or not router.take_teacher_slot(decision.route):
-            return
-        scope = dict(scope)
-        scope[SCOPE_SERVED_BY] = _route_tags(decision.route.name, "teacher", "teacher_shadow")
-        try:
-            tee = self._tee(scope, body, ours)
-        except ProxyError:
-            router.give_teacher_slot(decision.route)
-            return
-        target = self._prefix + (scope.get("raw_path") or scope["path"].encode())
-        request = _Request(scope["method"], target, out_headers, body)
-        spawn(
-            ask_teacher(
-                self._pool,
-                request,
-                tee,
-                timeout=self._config.first_byte_timeout + self._config.idle_timeout,
-                done=functools.partial(self._teacher_answered, decision, request_obj, student),
-            ),
-            name="stillroom-teacher-shadow",
-        )
-
-    def _teacher_answered(
-        self,
-        decision: Decision,
-        request_obj: dict[str, Any],
-        student: CaptureRecord,
-        teacher: CaptureRecord | None,
-    ) -> None:
-        assert self._router is not None
-        self._router.give_teacher_slot(decision.route)
-        if teacher is not None:
-            self._router.keep_pair(decision, request_obj, teacher=teacher, student=student)
 
     def _tee(self, scope: Scope, body: bytes, ours: dict[bytes, bytes]) -> Tee | None:
         return self._tee_factory(scope, body, ours) if self._tee_factory is not None else None
