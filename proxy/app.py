@@ -39,7 +39,7 @@ from proxy.capture import (
 from proxy.errors import InvalidRequest, RouteNotFound
 from proxy.forward import Forwarder, RelayConfig
 from proxy.http1 import Http1Pool, Http1Transport
-from proxy.metrics import CaptureMetrics, ProxyMetrics
+from proxy.metrics import CaptureMetrics, ProxyMetrics, TrainingMetrics
 from proxy.retention import Retention
 from proxy.routing.metrics import RoutingMetrics
 from proxy.routing.router import Router
@@ -47,6 +47,7 @@ from proxy.routing.shadow_process import ShadowProcess
 from proxy.routing.table import RouteTable
 from proxy.settings import Settings
 from proxy.tags import parse_capture_switch, parse_tags, split_prefix
+from proxy.training.job_counts import JobCounts
 from proxy.training.runner import JobRunner, ProviderConfig
 from proxy.types import Receive, Scope, Send
 from proxy.writer import CaptureWriter
@@ -71,6 +72,7 @@ class AppState:
     retention: Retention | None = None  # None: captures are kept forever
     stored_completions: StoredCompletions | None = None  # None: forwarded (upstream mode)
     runner: JobRunner | None = None  # None: capture off (no store for jobs)
+    job_counts: JobCounts | None = None  # None: capture off (no jobs to count)
     router: Router | None = None  # None: capture off (no store for routes)
     evals: EvalTasks | None = None  # None: capture off (no store to run evals on)
 
@@ -83,6 +85,7 @@ class StillroomApp:
         self.registry = CollectorRegistry(auto_describe=True)
         self.metrics = ProxyMetrics(self.registry)
         self.capture_metrics = CaptureMetrics(self.registry)
+        self.training_metrics = TrainingMetrics(self.registry)
         self.state: AppState | None = None
         self._routing_metrics: RoutingMetrics | None = None
         self._site = Starlette(
@@ -220,6 +223,9 @@ class StillroomApp:
             )
             self.state.runner = JobRunner(store, provider, poll_interval=s.train_poll_interval)
             self.state.runner.start()
+            self.state.job_counts = JobCounts(store, interval=s.metrics_refresh)
+            await self.state.job_counts.start()
+            self.training_metrics.watch(self.state.job_counts)
             self.state.evals = EvalTasks(store)  # runs the evals POST /admin/evals starts
         logger.info("forwarding /v1 to %s; capture %s", s.upstream, "on" if s.capture else "off")
 
@@ -247,6 +253,8 @@ class StillroomApp:
             await state.retention.stop()
         if state.runner is not None:
             await state.runner.stop()
+        if state.job_counts is not None:
+            await state.job_counts.stop()
         if state.evals is not None:
             await state.evals.stop()  # cancelled: their documents say "interrupted"
         await _wait_until(lambda: state.forwarder.active == 0, timeout=5.0)

@@ -1,18 +1,20 @@
 """Every Prometheus metric the proxy exports, on a registry made per app (never the global one).
 
-Labels are low-cardinality only: route template, method, status class, error kind. Labelled
-children are cached so the hot path pays a dict lookup, not prometheus_client's label parsing.
+Labels are low-cardinality only: route template, method, status class, error kind, a training
+job's backend and status (unknown ones as ``other``). Labelled children are cached so the hot
+path pays a dict lookup, not prometheus_client's label parsing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from proxy.errors import ProxyError
+from storage.jobs import BACKENDS, JOB_STATUSES
 
 _LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -186,3 +188,66 @@ class CaptureSource(Protocol):
     def queue_bytes(self) -> int: ...
 
     def dropped_total(self) -> dict[str, int]: ...
+
+
+class TrainingMetrics:
+    """Training jobs by backend and status, from a snapshot refreshed in the background (the
+    store is async; a scrape never waits on it). Every known backend and status is present,
+    0 when there are none; a status or backend outside the known ones counts as ``other``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._sources: list[JobCountsSource] = []
+        registry.register(self)
+
+    def watch(self, source: JobCountsSource) -> None:
+        self._sources[:] = [source]
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        jobs = GaugeMetricFamily(
+            "stillroom_training_jobs",
+            "Training jobs in the store, by backend and status (the same on every replica "
+            "sharing a store).",
+            labels=["backend", "status"],
+        )
+        refreshed = GaugeMetricFamily(
+            "stillroom_training_jobs_refreshed_timestamp_seconds",
+            "Unix time of the store read the training job counts come from.",
+        )
+        failures = CounterMetricFamily(
+            "stillroom_training_jobs_refresh_failures",
+            "Reads of the training job counts that failed (the last counts stay).",
+        )
+        for source in self._sources:
+            failures.add_metric([], source.failures)
+            if source.counts is None or source.refreshed_at is None:
+                continue
+            for (backend, status), count in _job_counts(source.counts).items():
+                jobs.add_metric([backend, status], count)
+            refreshed.add_metric([], source.refreshed_at)
+        return [jobs, refreshed, failures]
+
+
+def _job_counts(counts: Mapping[tuple[str, str], int]) -> dict[tuple[str, str], int]:
+    statuses = (*JOB_STATUSES, "other")
+    out: dict[tuple[str, str], int] = {(b, s): 0 for b in BACKENDS for s in statuses}
+    for (backend, status), count in counts.items():
+        key = (
+            backend if backend in BACKENDS else "other",
+            status if status in JOB_STATUSES else "other",
+        )
+        out[key] = out.get(key, 0) + count
+    return out
+
+
+class JobCountsSource(Protocol):
+    @property
+    def counts(self) -> Mapping[tuple[str, str], int] | None: ...
+
+    @property
+    def refreshed_at(self) -> float | None: ...
+
+    @property
+    def failures(self) -> int: ...

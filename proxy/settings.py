@@ -339,6 +339,13 @@ class Settings:
         "Seconds between two polls of the training jobs in progress.",
         metavar="SECONDS",
     )
+    metrics_refresh: float = _setting(
+        15.0,
+        _parse_positive_float,
+        "Seconds between two reads of the training job counts /metrics shows "
+        "(stillroom_training_jobs).",
+        metavar="SECONDS",
+    )
     log_level: str = _setting(
         "info", _parse_log_level, "Log level: debug, info, warning, error.", metavar="LEVEL"
     )

@@ -130,6 +130,13 @@ async def _events(conn: Any, job_id: str, after: int, limit: int) -> tuple[list[
     return events, len(rows) > limit
 
 
+async def _count(conn: Any) -> dict[tuple[str, str], int]:
+    rows = await conn.fetch(
+        "SELECT backend, status, count(*) FROM training_jobs GROUP BY backend, status"
+    )
+    return {(row[0], row[1]): int(row[2]) for row in rows}
+
+
 class PgJobTables:
     """Mixin: needs ``_read(fn, *args)`` and ``_write(fn, *args)`` from the store."""
 
@@ -162,3 +169,6 @@ class PgJobTables:
         self, job_id: str, *, after: int = 0, limit: int = 100
     ) -> tuple[list[JobEvent], bool]:
         return await self._read(_events, job_id, after, limit)
+
+    async def count_jobs(self) -> dict[tuple[str, str], int]:
+        return await self._read(_count)

@@ -185,6 +185,13 @@ def _events(
     return events, len(rows) > limit
 
 
+def _count(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
+    rows = conn.execute(
+        "SELECT backend, status, count(*) FROM training_jobs GROUP BY backend, status"
+    ).fetchall()
+    return {(row[0], row[1]): row[2] for row in rows}
+
+
 # -- the mixin ----------------------------------------------------------------------------------
 
 
@@ -217,3 +224,7 @@ class JobTables(StoreCalls):
     ) -> tuple[list[JobEvent], bool]:
         found: tuple[list[JobEvent], bool] = await self._read(_events, job_id, after, limit)
         return found
+
+    async def count_jobs(self) -> dict[tuple[str, str], int]:
+        counts: dict[tuple[str, str], int] = await self._read(_count)
+        return counts

@@ -184,6 +184,10 @@ class Store(Protocol):
         """A job's events with ``seq`` past ``after``, oldest first; and whether there are more."""
         ...
 
+    async def count_jobs(self) -> dict[tuple[str, str], int]:
+        """How many jobs there are per ``(backend, status)``; pairs with none are absent."""
+        ...
+
     # -- documents: evals and routes (see storage.documents) ---------------------------------
 
     async def put_document(
@@ -361,6 +365,9 @@ class NullStore:
         self, job_id: str, *, after: int = 0, limit: int = 100
     ) -> tuple[list[JobEvent], bool]:
         return [], False
+
+    async def count_jobs(self) -> dict[tuple[str, str], int]:
+        return {}
 
     async def put_document(
         self, kind: str, doc_id: str, body: dict[str, Any], *, if_version: int | None = None

@@ -27,6 +27,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.settings import Settings, env_name, settings_fields
+from tests._admin import AUTH, TOKEN
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -397,8 +398,14 @@ def scrape_metrics(start_proxy, mock_url: str) -> tuple[set[str], set[str]]:
     """(every sample name a real `stillroom serve` can export, every label name it uses)."""
     chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
     limit = 4096  # a larger body is the proxy's own error (413), so its labels show too
-    proxy = start_proxy(upstream=mock_url, max_request_bytes=limit)
+    proxy = start_proxy(upstream=mock_url, max_request_bytes=limit, admin_token=TOKEN)
+    route = {  # an `off` route: its mode shows on /metrics, no request goes to its student
+        "name": "scrape",
+        "model": "not-requested",
+        "student": {"base_url": mock_url + "/v1", "model": "student-1"},
+    }
     with proxy as base, httpx.Client(base_url=base) as http:
+        assert http.post("/admin/routes", json=route, headers=AUTH).status_code == 201
         assert http.post("/v1/chat/completions", json=chat).status_code == 200
         assert http.post("/v1/chat/completions", json={**chat, "stream": True}).status_code == 200
         assert http.get("/v1/models").status_code == 200
@@ -471,6 +478,36 @@ def test_the_dashboard_covers_traffic_latency_capture_and_the_store(dashboard):
         assert panel["title"] and panel.get("description")
         grid = panel["gridPos"]
         assert grid["x"] + grid["w"] <= 24
+
+
+def test_the_dashboard_has_training_and_routing_rows(dashboard):
+    rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
+    assert "Training" in rows and "Routing" in rows
+    exprs = queries(dashboard)
+    used = set().union(*(metric_names(e) for e in exprs))
+    assert used >= {
+        "stillroom_training_jobs",
+        "stillroom_training_jobs_refreshed_timestamp_seconds",
+        "stillroom_training_jobs_refresh_failures_total",
+        "stillroom_route_requests_total",
+        "stillroom_route_mode",
+        "stillroom_route_rollbacks_total",
+        "stillroom_shadow_requests_total",
+        "stillroom_shadow_in_flight",
+        "stillroom_shadow_in_flight_peak",
+    }
+    # Every replica sharing a store reports the same job counts: never add them up.
+    for expr in exprs:
+        for match in re.finditer(r"stillroom_training_jobs\{", expr):
+            assert expr[: match.start()].endswith("max by (backend, status) ("), expr
+    # Panels do not overlap (rows included), so new ones cannot hide old ones.
+    taken: dict[tuple[int, int], int] = {}
+    for panel in dashboard["panels"]:
+        grid = panel["gridPos"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in taken, (panel["id"], taken.get((x, y)))
+                taken[(x, y)] = panel["id"]
 
 
 def test_the_operator_docs_name_only_exported_metrics(start_proxy, mock_url):

@@ -178,6 +178,12 @@ def test_full_mode_streams_and_falls_back_then_rolls_back(start_proxy, mock_url,
         while run(_with_service(db, lambda s: s.get("hello")))["mode"] == "full":
             assert time.monotonic() < deadline
             time.sleep(0.1)
+        deadline = time.monotonic() + 5  # counted once the rollback is written
+        while 'stillroom_route_rollbacks_total{route="hello"} 1.0' not in (
+            metrics := httpx.get(base + "/metrics").text
+        ):
+            assert time.monotonic() < deadline, metrics
+            time.sleep(0.05)
     route = run(_with_service(db, lambda s: s.get("hello")))
     assert route["mode"] == "shadow" and route["previous_mode"] == "full"
     events = [e["message"] for e in items(db, "event")]

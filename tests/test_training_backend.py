@@ -273,6 +273,20 @@ async def test_events_dedupe_by_source_id_and_page_by_seq(store):
         await store.add_job_events(job_id(99), [NewJobEvent("no such job")])
 
 
+async def test_jobs_are_counted_by_backend_and_status(store):
+    assert await store.count_jobs() == {}
+    jobs = [("openai", "running"), ("openai", "running"), ("local", "queued"), ("openai", "paused")]
+    for n, (backend, status) in enumerate(jobs, 1):
+        await store.create_job(job(id=job_id(n), backend=backend, status=status))
+    await store.update_job(job_id(1), JobUpdate(status="succeeded"))
+    assert await store.count_jobs() == {
+        ("openai", "running"): 1,
+        ("openai", "succeeded"): 1,
+        ("local", "queued"): 1,
+        ("openai", "paused"): 1,  # a provider's own status, as given
+    }
+
+
 async def test_concurrent_event_writers_record_each_source_once(store):
     await store.create_job(job(id=job_id(1)))
 

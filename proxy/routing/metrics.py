@@ -3,6 +3,8 @@
 * ``stillroom_route_requests_total{route, outcome}``: requests a route sent to its student,
   by outcome: ``student`` (it answered) or ``fallback`` (the teacher stepped in);
 * ``stillroom_route_mode{route, mode}``: 1 for each route's current mode;
+* ``stillroom_route_rollbacks_total{route}``: automatic rollbacks this replica wrote (one
+  rollback is written by one replica, so a sum over replicas counts each once);
 * ``stillroom_shadow_requests_total{outcome}``: shadow requests ``sent``, ``dropped`` (the
   queue was full) and ``failed`` (a bug, logged);
 * ``stillroom_shadow_in_flight{route}`` and ``stillroom_shadow_in_flight_peak{route}``: student
@@ -42,8 +44,16 @@ class RoutingMetrics:
         )
         for name, current in sorted(router.table.routes.items()):
             modes.add_metric([name, current.mode], 1)
+        rollbacks = CounterMetricFamily(
+            "stillroom_route_rollbacks",
+            "Automatic rollbacks of a route (too many fallbacks) this replica wrote.",
+            labels=["route"],
+        )
+        for name, count in sorted(router.table.rollbacks.items()):
+            rollbacks.add_metric([name], count)
         yield requests
         yield modes
+        yield rollbacks
         shadow = router.shadow_sender
         if shadow is None:
             return

@@ -69,6 +69,7 @@ class RouteTable:
         self._marker: tuple[float, int] | None = None
         self._windows: dict[str, _Window] = {}
         self._rolling_back: set[str] = set()
+        self.rollbacks: dict[str, int] = {}  # route -> rollbacks this replica wrote
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -155,6 +156,7 @@ class RouteTable:
                 )
             except VersionConflict:
                 return  # someone changed the route meanwhile (maybe rolled it back): theirs wins
+            self.rollbacks[route.name] = self.rollbacks.get(route.name, 0) + 1
             message = (
                 f"rolled back {route.mode} → {target}: {fallbacks} of the last {total} "
                 f"student requests fell back to the teacher "
