@@ -236,6 +236,7 @@ class Target:
     ready: str = "tcp"
     requires: list[str] | None = None
     request_buffering: str = "off"  # nginx only: proxy_request_buffering
+    optional: bool = False  # run only when picked by name with --only
     port: int = 0
     proc: Proc | None = None
     skipped: str | None = None
@@ -265,6 +266,8 @@ def load_targets(path: Path, only: list[str] | None) -> list[Target]:
         if missing:
             raise SystemExit(f"--only: no such target(s) {sorted(missing)}; have {names}")
         targets = [t for t in targets if t.name in only or t.kind == "direct"]
+    else:
+        targets = [t for t in targets if not t.optional]
     if not any(t.kind == "direct" for t in targets):
         raise SystemExit("targets need a kind = 'direct' entry (the baseline for added latency)")
     return targets

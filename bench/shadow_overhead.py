@@ -111,6 +111,11 @@ def main() -> int:
         "the mock, when the student's own CPU load lands on the load generator's core)",
     )  # fmt: skip
     parser.add_argument(
+        "--teacher-latency-ms", type=float, default=0.0,
+        help="the teacher's time to answer (0: at once, so c=16 saturates the proxy's core and "
+        "the added p50 measures the CPU shadowing costs; a real teacher takes 100s of ms)",
+    )  # fmt: skip
+    parser.add_argument(
         "--shadow-rate", type=float, default=1.0,
         help="the route's shadow_rate (0: the route decides and records, nothing is shadowed)",
     )  # fmt: skip
@@ -134,7 +139,7 @@ def main() -> int:
         if (os.cpu_count() or 1) > 1:
             os.sched_setaffinity(0, {0})
         for port, name, extra in (
-            (teacher_port, "teacher", []),
+            (teacher_port, "teacher", ["--latency-ms", str(args.teacher_latency_ms)]),
             (student_port, "student", ["--latency-ms", str(args.student_latency_ms)]),
         ):
             command = [STILLROOM, "mock", "--port", str(port), *extra]
@@ -202,6 +207,7 @@ def main() -> int:
             "rounds": args.rounds,
             "duration_s": args.duration,
             "cap": CAP,
+            "teacher_latency_ms": args.teacher_latency_ms,
             "student_latency_ms": args.student_latency_ms,
             "shadow_rate": args.shadow_rate,
             "peak_in_flight": metric(shadow_base, 'stillroom_shadow_in_flight_peak{route="bench"}'),
@@ -224,6 +230,18 @@ def main() -> int:
                     "errors": sum(r["errors"] for r in results),
                 }
             rows["p50_added_ms"] = rows["shadow"]["p50_ms"] - rows["no-route"]["p50_ms"]
+            # Paired: each round's shadow cell against the no-route cell run next to it, so a
+            # slow round (this VM's noise) moves both sides of its difference alike.
+            paired = sorted(
+                s["latency_ms"]["p50"] - n["latency_ms"]["p50"]
+                for s, n in zip(cells[("shadow", stream)], cells[("no-route", stream)], strict=True)
+            )
+            rows["p50_added_ms_paired"] = {
+                "median": statistics.median(paired),
+                "min": paired[0],
+                "max": paired[-1],
+                "rounds": [round(d, 3) for d in paired],
+            }
             summary[kind] = rows
         print(json.dumps(summary, indent=1))  # noqa: T201
         if args.out:
