@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from storage.models import CaptureRecord
 from storage.text import search_text
@@ -56,8 +56,15 @@ def texts(record: CaptureRecord) -> tuple[str, str]:
     return search_text(record.endpoint, record.request_body, record.response)
 
 
-def index_records(conn: sqlite3.Connection, records: Sequence[CaptureRecord]) -> None:
-    """Index captures just inserted, in the caller's transaction (unknown ids are skipped)."""
+def index_records(
+    conn: sqlite3.Connection,
+    records: Sequence[CaptureRecord],
+    seqs: Mapping[str, int] | None = None,
+) -> None:
+    """Index captures just inserted, in the caller's transaction (unknown ids are skipped).
+
+    ``seqs`` (capture id -> seq), when the caller has them already, saves looking them up.
+    """
     wanted: dict[str, tuple[str, str]] = {}
     for record in records:
         prompt, answer = texts(record)
@@ -65,15 +72,18 @@ def index_records(conn: sqlite3.Connection, records: Sequence[CaptureRecord]) ->
             wanted[record.id] = (prompt, answer)
     if not wanted:
         return
-    ids = list(wanted)
     by_part: dict[int, list[tuple[int, str, str]]] = defaultdict(list)
-    for start in range(0, len(ids), _MAX_PARAMS):
-        chunk = ids[start : start + _MAX_PARAMS]
-        marks = ", ".join("?" for _ in chunk)
-        for capture_id, seq in conn.execute(
-            f"SELECT id, seq FROM captures WHERE id IN ({marks})", chunk
-        ):
-            by_part[partition_of(seq)].append((seq, *wanted[capture_id]))
+    if seqs is None:
+        ids = list(wanted)
+        found: list[tuple[str, int]] = []
+        for start in range(0, len(ids), _MAX_PARAMS):
+            chunk = ids[start : start + _MAX_PARAMS]
+            marks = ", ".join("?" for _ in chunk)
+            found += conn.execute(f"SELECT id, seq FROM captures WHERE id IN ({marks})", chunk)
+    else:
+        found = [(capture_id, seqs[capture_id]) for capture_id in wanted if capture_id in seqs]
+    for capture_id, seq in found:
+        by_part[partition_of(seq)].append((seq, *wanted[capture_id]))
     _ensure(conn, sorted(by_part))
     for part, rows in by_part.items():
         conn.executemany(

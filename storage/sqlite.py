@@ -63,10 +63,7 @@ _UPSERT_BLOB = (
     "INSERT INTO blobs (hash, refs, codec, size, data) VALUES (?, ?, ?, ?, ?) "
     "ON CONFLICT (hash) DO UPDATE SET refs = refs + excluded.refs"
 )
-_INSERT_TAG = (
-    "INSERT OR IGNORE INTO capture_tags (seq, key, value) "
-    "SELECT seq, ?, ? FROM captures WHERE id = ?"
-)
+_INSERT_TAG = "INSERT OR IGNORE INTO capture_tags (seq, key, value) VALUES (?, ?, ?)"
 
 
 @contextlib.contextmanager
@@ -140,16 +137,29 @@ def _write_batches_sync(
             if blob_rows:
                 conn.executemany(_UPSERT_BLOB, blob_rows)
             conn.executemany(_INSERT_CAPTURE, [c.row for c in new])
-            tag_rows = [(k, v, cid) for capture in new for cid, k, v in capture.tags]
+            # The new rows' seqs, looked up once for the tags and the index (not per tag row).
+            seqs = _seqs(conn, [c.id for c in new])
+            tag_rows = [(seqs[cid], k, v) for c in new for cid, k, v in c.tags if cid in seqs]
             if tag_rows:
                 conn.executemany(_INSERT_TAG, tag_rows)
-            _sqlite_search.index_records(conn, [by_id[c.id] for c in new])
+            _sqlite_search.index_records(conn, [by_id[c.id] for c in new], seqs)
         conn.execute("COMMIT")
     except BaseException:
         # Some errors (SQLITE_FULL) end the transaction already; then ROLLBACK fails.
         with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
         raise
+
+
+def _seqs(conn: sqlite3.Connection, ids: list[str]) -> dict[str, int]:
+    """capture id -> seq for ``ids`` (all stored)."""
+    seqs: dict[str, int] = {}
+    for start in range(0, len(ids), _MAX_PARAMS):
+        chunk = ids[start : start + _MAX_PARAMS]
+        marks = ", ".join("?" for _ in chunk)
+        rows = conn.execute(f"SELECT id, seq FROM captures WHERE id IN ({marks})", chunk)
+        seqs.update(rows.fetchall())
+    return seqs
 
 
 def _migrate_sync(path: str, busy_timeout_s: float) -> list[str]:
