@@ -332,6 +332,8 @@ class RemoteSource:
             )
         if status == 404 and missing is not None and param in ("id", "name"):
             raise missing
+        if status == 404 and message and param is not None:
+            raise CommandFailed(message)  # the admin API is on: what it said is missing
         if status == 404:
             raise CommandFailed(
                 f"{self.url}{path} answered 404: is the admin API on? (the server needs "

@@ -693,3 +693,14 @@ def test_stats_text_of_an_empty_store():
     assert "store size     -" in out
     assert "5.0 GiB" in text.stats_text({"store_bytes": 5 * 1024**3})
     assert "12 B" in text.stats_text({"store_bytes": 12})
+
+
+def test_a_missing_dataset_over_url_says_so(served):
+    """A 404 the admin API gives for a thing it names is its message, not the admin-off hint."""
+    result = invoke(
+        ["eval", "run", "--url", served, "--admin-token", TOKEN, "--dataset", "nope",
+         "--student-url", "http://127.0.0.1:9/v1", "--student-model", "s"]
+    )  # fmt: skip
+    line = one_error_line(result, 1)
+    assert "nope" in line and "dataset" in line, line
+    assert "is the admin API on?" not in line
