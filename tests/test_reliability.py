@@ -495,10 +495,26 @@ def test_t10_slow_client_is_back_pressured(mock_url, tmp_path):
         stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
+    other = httpx.Client(base_url=base)  # one client: its own set-up is not in the latencies
+
+    def others_for(seconds: float, sock: socket.socket | None = None) -> tuple[float, int]:
+        """Another client's p99 latency while ``sock`` (if any) reads 1 KiB per request."""
+        latencies, received = [], 0
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if sock is not None:
+                received += len(sock.recv(1024))
+            started = time.monotonic()
+            assert other.post("/v1/chat/completions", json=CHAT).status_code == 200
+            latencies.append(time.monotonic() - started)
+            time.sleep(0.01)
+        return sorted(latencies)[int(len(latencies) * 0.99) - 1], received
+
     try:
         wait_http(base + "/healthz")
         for _ in range(20):  # warm up: pools, imports, allocator
-            httpx.post(base + "/v1/chat/completions", json=CHAT)
+            other.post("/v1/chat/completions", json=CHAT)
+        p99_before, _ = others_for(2.0)
         rss_before = psutil.Process(proc.pid).memory_info().rss
         payload = httpx.Request("POST", "http://x", json=STREAM).read()
         head = post_head("/v1/chat/completions", len(payload), "x-mock-mode: huge:20\r\n")
@@ -506,23 +522,17 @@ def test_t10_slow_client_is_back_pressured(mock_url, tmp_path):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
         sock.connect(("127.0.0.1", port))
         sock.sendall(head + payload)
-        received = 0
-        latencies = []
-        deadline = time.monotonic() + 3.0
-        while time.monotonic() < deadline:
-            received += len(sock.recv(1024))
-            started = time.monotonic()
-            assert httpx.post(base + "/v1/chat/completions", json=CHAT).status_code == 200
-            latencies.append(time.monotonic() - started)
-            time.sleep(0.01)
+        p99_during, received = others_for(3.0, sock)
         rss_after = psutil.Process(proc.pid).memory_info().rss
         sock.close()
     finally:
+        other.close()
         proc.terminate()
         proc.wait(20)
     assert received < 2 * 1024 * 1024  # the client really was slow
     assert rss_after - rss_before <= 8 * 1024 * 1024, (rss_before, rss_after)
-    assert sorted(latencies)[int(len(latencies) * 0.99) - 1] < 0.1  # others are unaffected
+    # reliability.md T10: the other clients' p99 changes by at most 20 ms
+    assert p99_during - p99_before <= 0.020, (p99_before, p99_during)
 
 
 # -- full counts of T2 and T6 (nightly: pytest -m slow) -------------------------------------------
