@@ -61,6 +61,12 @@ def query_params(request: Request) -> dict[str, list[str]]:
     return params
 
 
+def no_parameters(request: Request) -> None:
+    """Refuse a query string on a route that takes none (400, naming the first parameter)."""
+    for name in request.query_params:
+        raise InvalidRequest(f"unknown parameter {name!r:.80}; this route takes none", param=name)
+
+
 def json_object(body: object, known: set[str] | tuple[str, ...]) -> dict[str, Any]:
     """``body`` if it is a JSON object with no field outside ``known`` (400 otherwise)."""
     if not isinstance(body, dict):

@@ -34,6 +34,7 @@ from proxy.admin._http import (
     current_store,
     json_response,
     logger,
+    no_parameters,
     query_params,
     read_json,
 )
@@ -86,7 +87,7 @@ class DatasetRoutes:
         return current_store(self._store)
 
     async def _list(self, request: Request) -> Response:
-        _no_parameters(request)
+        no_parameters(request)
         datasets = await self.store().list_datasets()
         return json_response({"object": "list", "data": [d.to_json() for d in datasets]})
 
@@ -110,12 +111,12 @@ class DatasetRoutes:
         return json_response(dataset.to_json(), status=201)
 
     async def _get(self, request: Request) -> Response:
-        _no_parameters(request)
+        no_parameters(request)
         dataset = await self._dataset(request)
         return json_response(dataset.to_json())
 
     async def _delete(self, request: Request) -> Response:
-        _no_parameters(request)
+        no_parameters(request)
         name = _name(request)
         if not await self.store().delete_dataset(name):
             raise _no_dataset(name)
@@ -193,11 +194,6 @@ def _changed(name: str, exc: DatasetChanged) -> DatasetConflict:
         f"dataset {name} no longer matches its captures ({exc}); create a new dataset",
         code="dataset_changed",
     )
-
-
-def _no_parameters(request: Request) -> None:
-    for name in request.query_params:
-        raise InvalidRequest(f"unknown parameter {name!r:.80}; this route takes none", param=name)
 
 
 def export_file_name(name: str, fmt: str, split: Split) -> str:

@@ -31,6 +31,7 @@ from proxy.admin._http import (
     current_store,
     json_response,
     logger,
+    no_parameters,
     query_params,
     read_json,
 )
@@ -216,7 +217,7 @@ class EvalRoutes:
         )
 
     async def _create(self, request: Request) -> Response:
-        _no_parameters(request)
+        no_parameters(request)
         try:
             spec = parse_eval_spec(await read_json(request))
         except EvalError as exc:
@@ -241,11 +242,11 @@ class EvalRoutes:
         return json_response(document, status=201)
 
     async def _get(self, request: Request) -> Response:
-        _no_parameters(request)
+        no_parameters(request)
         return json_response(eval_json(await self._document(request)))
 
     async def _delete(self, request: Request) -> Response:
-        _no_parameters(request)
+        no_parameters(request)
         doc = await self._document(request)
         if doc.body.get("status") == "running" and not _abandoned(doc):
             raise EvalRunning(f"eval {doc.id} is still running; delete it once it has finished")
@@ -290,8 +291,3 @@ def eval_json(doc: Document) -> dict[str, Any]:
 
 def _no_eval(eval_id: str) -> RouteNotFound:
     return RouteNotFound(f"no eval with id {eval_id}", param="id")
-
-
-def _no_parameters(request: Request) -> None:
-    for name in request.query_params:
-        raise InvalidRequest(f"unknown parameter {name!r:.80}; this route takes none", param=name)

@@ -23,6 +23,7 @@ from proxy.admin._http import (
     current_store,
     json_response,
     logger,
+    no_parameters,
     query_params,
     read_json,
 )
@@ -117,7 +118,7 @@ class JobRoutes:
         return json_response(job.to_json(), status=201)
 
     async def _get(self, request: Request) -> Response:
-        _no_parameters(request)
+        no_parameters(request)
         job_id = _job_id(request)
         job = await self.store().get_job(job_id)
         if job is None:
@@ -144,7 +145,7 @@ class JobRoutes:
         )
 
     async def _cancel(self, request: Request) -> Response:
-        _no_parameters(request)
+        no_parameters(request)
         job_id = _job_id(request)
         try:
             job = await self.runner().cancel(job_id)
@@ -167,8 +168,3 @@ def _job_id(request: Request) -> str:
 
 def _no_job(job_id: str) -> RouteNotFound:
     return RouteNotFound(f"no training job with id {job_id}", param="id")
-
-
-def _no_parameters(request: Request) -> None:
-    for name in request.query_params:
-        raise InvalidRequest(f"unknown parameter {name!r:.80}; this route takes none", param=name)

@@ -32,6 +32,7 @@ from proxy.admin._http import (
     current_store,
     json_response,
     logger,
+    no_parameters,
     query_params,
     read_json,
 )
@@ -106,24 +107,24 @@ class RouteRoutes:
         return RouteService(store, router.table)
 
     async def _list(self, request: Request) -> Response:
-        _no_parameters(request)
+        no_parameters(request)
         data = await _refusals(self.service().list_routes())
         return json_response({"object": "list", "data": data})
 
     async def _create(self, request: Request) -> Response:
-        _no_parameters(request)
+        no_parameters(request)
         body = check_route_body(await read_json(request))
         route = await _refusals(self.service().create(body))
         logger.info("admin: created route %s (mode %s)", route["name"], route["mode"])
         return json_response(route, status=201)
 
     async def _get(self, request: Request) -> Response:
-        _no_parameters(request)
+        no_parameters(request)
         name = _route_name(request)
         return json_response(await _refusals(self.service().get(name)))
 
     async def _update(self, request: Request) -> Response:
-        _no_parameters(request)
+        no_parameters(request)
         name = _route_name(request)
         patch = check_route_patch(await read_json(request))
         route = await _refusals(self.service().update(name, patch))
@@ -131,7 +132,7 @@ class RouteRoutes:
         return json_response(route)
 
     async def _delete(self, request: Request) -> Response:
-        _no_parameters(request)
+        no_parameters(request)
         name = _route_name(request)
         if not await self.service().delete(name):
             raise _no_route(name)
@@ -303,8 +304,3 @@ def _route_name(request: Request) -> str:
 
 def _no_route(name: str) -> RouteNotFound:
     return RouteNotFound(f"no route named {name}", param="name")
-
-
-def _no_parameters(request: Request) -> None:
-    for name in request.query_params:
-        raise InvalidRequest(f"unknown parameter {name!r:.80}; this route takes none", param=name)
