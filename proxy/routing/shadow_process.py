@@ -37,6 +37,7 @@ from storage.models import CaptureRecord
 logger = logging.getLogger("stillroom.routing")
 
 _STATS_EVERY: Final = 0.1
+WORKER_NICENESS: Final = 10  # added to the worker's nice value: below the proxy's priority
 _EARLY_FRAMES: Final = 1000
 _DATABASE_VAR: Final = "STILLROOM_WORKER_DATABASE_INTERNAL"
 _BACKLOG: Final = 2000  # frames the worker may be behind before the proxy drops new ones
@@ -202,6 +203,13 @@ def _free_cpus() -> None:
             os.sched_setaffinity(0, others)
 
 
+def _yield_cpu() -> None:
+    """Run below the proxy's priority: shadows are best-effort and must never take a core's
+    time from the clients' requests (on a small host they share its cores)."""
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICENESS)
+
+
 # -- the worker -------------------------------------------------------------------------------
 
 
@@ -278,6 +286,7 @@ def main(argv: list[str]) -> int:
         return 2
     logging.basicConfig(level=logging.WARNING, format="shadow worker: %(message)s")
     _free_cpus()
+    _yield_cpu()
     asyncio.run(_serve(database))
     return 0
 
