@@ -165,13 +165,18 @@ def select_sql(
     return sql, params
 
 
+# What SQLite's errors say when FTS5 cannot parse a MATCH query (``*x`` asks for an FTS5
+# "special query", e.g. ``*reads``, and fails as "unknown special query").
+_FTS_QUERY_ERRORS = ("fts5", "no such column", "unterminated", "unknown special query")
+
+
 def run_query(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
     """Execute a filter query; an FTS5 query it cannot parse is the caller's error."""
     try:
         return conn.execute(sql, params).fetchall()
     except sqlite3.OperationalError as exc:
         text = str(exc)
-        if "fts5" in text or "no such column" in text or "unterminated" in text:
+        if any(sign in text for sign in _FTS_QUERY_ERRORS):
             raise QueryError(
                 f"search is not a valid full-text query: {text}", param="search"
             ) from None

@@ -109,9 +109,12 @@ async def test_search_syntax_errors_are_query_errors(store: SQLiteStore) -> None
     await store.write_batch([chat("gpt-4o is here", "yes")])
     page = await store.list_captures(parse_filter({"search": ["gpt-4o"]}))
     assert len(page.items) == 1
-    with pytest.raises(QueryError) as caught:
-        await store.list_captures(CaptureFilter(search='"unterminated'))
-    assert caught.value.param == "search"
+    for bad in ('"unterminated', "*7", "*"):  # a leading * asks FTS5 for a "special query"
+        with pytest.raises(QueryError) as caught:
+            await store.list_captures(CaptureFilter(search=bad))
+        assert caught.value.param == "search"
+        with pytest.raises(QueryError):
+            await store.stats(CaptureFilter(search=bad))
 
 
 async def test_get_by_capture_id_or_response_id_and_scoping(store: SQLiteStore) -> None:
