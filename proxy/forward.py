@@ -185,6 +185,7 @@ class Forwarder:
     ) -> int:
         try:
             body = await self._read_request(scope, receive, hold)
+            ready = time.perf_counter()  # from here on the time is the proxy's own
         except ProxyError as exc:
             self._metrics.count_proxy_error(exc)
             return await _send_error(send, exc)
@@ -219,7 +220,9 @@ class Forwarder:
         watcher = spawn(_watch_disconnect(receive, watch), name="stillroom-disconnect-watch")
         started = time.perf_counter()
         try:
-            status = await self._relay(request, send, watch, tee, route, started, extra)
+            status = await self._relay(
+                request, send, watch, tee, route, started, extra, added=started - ready
+            )
         finally:
             watch.done = True
             watch.handle.cancel()
@@ -240,7 +243,10 @@ class Forwarder:
         route: str,
         started: float,
         extra: list[tuple[bytes, bytes]] | None = None,
+        *,
+        added: float = 0.0,
     ) -> int:
+        """Relay one exchange; ``added`` is the proxy's own time before it went upstream."""
         response: UpstreamResponse | None = None
         response_started = False
         ttfb: float | None = None
@@ -278,7 +284,9 @@ class Forwarder:
             except httpx.TransportError as exc:
                 raise upstream_error(exc) from exc
             watch.done = True
+            upstream_done = time.perf_counter()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+            self._metrics.observe_added(route, added + time.perf_counter() - upstream_done)
             if status >= 400:
                 outcome, error = "upstream_error", f"upstream answered {status}"
         except asyncio.CancelledError:

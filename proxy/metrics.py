@@ -20,6 +20,9 @@ _LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
     120.0, 300.0, 600.0,
 )  # fmt: skip
+_ADDED_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+)  # fmt: skip
 
 
 _KNOWN_ROUTES = frozenset(
@@ -92,6 +95,14 @@ class ProxyMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
+        self.added = Histogram(
+            "stillroom_proxy_added_seconds",
+            "Time the proxy itself adds to a relayed request: from its body being read to the "
+            "request going upstream, plus from the upstream's last byte to the client's.",
+            ["route"],
+            buckets=_ADDED_BUCKETS,
+            registry=registry,
+        )
         self.proxy_errors = Counter(
             "stillroom_proxy_errors",
             "Errors the proxy answered itself (upstream unreachable, timeout, too large, ...).",
@@ -106,6 +117,7 @@ class ProxyMetrics:
         self._request_children: dict[tuple[str, str, str], Counter] = {}
         self._latency_children: dict[str, Histogram] = {}
         self._ttfb_children: dict[str, Histogram] = {}
+        self._added_children: dict[str, Histogram] = {}
 
     def count_request(self, route: str, method: str, status: int) -> None:
         key = (route, method if method in _METHODS else "OTHER", _status_class(status))
@@ -124,6 +136,12 @@ class ProxyMetrics:
         child = self._ttfb_children.get(route)
         if child is None:
             child = self._ttfb_children[route] = self.upstream_ttfb.labels(route)
+        child.observe(seconds)
+
+    def observe_added(self, route: str, seconds: float) -> None:
+        child = self._added_children.get(route)
+        if child is None:
+            child = self._added_children[route] = self.added.labels(route)
         child.observe(seconds)
 
     def count_proxy_error(self, exc: ProxyError) -> None:

@@ -182,3 +182,27 @@ def test_health_ready_metrics_and_unknown_paths(proxy_url):
     assert "stillroom_requests_in_flight 0.0" in metrics
     assert missing.status_code == 404
     assert set(missing.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_added_latency_is_on_metrics(proxy_url):
+    """``stillroom_proxy_added_seconds``: the proxy's own time, once per relayed exchange,
+    small next to a mock upstream that takes 50 ms (which it must not include)."""
+    with httpx.Client() as client:
+        for headers in ({}, {"x-mock-latency-ms": "50"}):
+            assert client.post(
+                proxy_url + "/v1/chat/completions", json=CHAT, headers=headers
+            ).is_success
+        stream = {**CHAT, "stream": True}
+        assert client.post(proxy_url + "/v1/chat/completions", json=stream).is_success
+        metrics = client.get(proxy_url + "/metrics").text
+    values = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("stillroom_proxy_added_seconds")
+    }
+    route = '{route="/v1/chat/completions"}'
+    assert values["stillroom_proxy_added_seconds_count" + route] == 3
+    assert values["stillroom_proxy_added_seconds_sum" + route] > 0
+    # every one under 25 ms: the upstream's 50 ms are not in it
+    under = 'stillroom_proxy_added_seconds_bucket{le="0.025",route="/v1/chat/completions"}'
+    assert values[under] == 3
