@@ -20,7 +20,6 @@ first by name.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -29,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from proxy.routing.routes import Route, RouteError, parse_route
-from proxy.tasks import spawn
+from proxy.tasks import cancel_and_wait, spawn
 from storage.base import Store
 from storage.documents import VersionConflict
 from storage.errors import StoreError
@@ -78,10 +77,7 @@ class RouteTable:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def reload(self) -> None:
         """Read every route from the store now."""

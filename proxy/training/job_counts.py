@@ -14,13 +14,12 @@ counts: aggregate them with ``max``, not ``sum``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 from typing import Final
 
-from proxy.tasks import spawn
+from proxy.tasks import cancel_and_wait, spawn
 from storage.base import Store
 from storage.errors import StoreError
 
@@ -58,10 +57,7 @@ class JobCounts:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def refresh(self) -> bool:
         """One read of the store; False (the last snapshot kept) when it failed."""

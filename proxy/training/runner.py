@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from proxy.tasks import spawn
+from proxy.tasks import cancel_and_wait, spawn
 from proxy.training.base import (
     BackendUnavailable,
     ProviderRefused,
@@ -112,10 +112,7 @@ class JobRunner:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         await self.aclose()
 
     async def aclose(self) -> None:
