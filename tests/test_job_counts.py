@@ -31,6 +31,7 @@ class CountingStore:
     def __init__(self, counts: dict[tuple[str, str], int]) -> None:
         self.counts = counts
         self.down = False
+        self.bug = False
         self.reads = 0
         self.read = asyncio.Event()
 
@@ -39,6 +40,8 @@ class CountingStore:
         self.read.set()
         if self.down:
             raise StoreUnavailable("database is locked")
+        if self.bug:
+            raise RuntimeError("not a store error")
         return dict(self.counts)
 
 
@@ -108,6 +111,24 @@ async def test_a_store_failure_keeps_the_last_counts_and_warns_once_per_streak(c
     store.down = True
     await counts.refresh()  # a new streak warns again
     assert sum(r.levelno == logging.WARNING for r in caplog.records) == 2
+    await counts.stop()
+
+
+@pytest.mark.anyio
+async def test_a_bug_in_a_read_is_logged_and_the_loop_goes_on(caplog):
+    store = CountingStore({("openai", "running"): 1})
+    counts = JobCounts(store, interval=0.01, clock=lambda: NOW)  # type: ignore[arg-type]
+    await counts.start()
+    store.bug = True
+    async with asyncio.timeout(5):
+        while counts.failures < 2:  # two failed reads: the loop outlived the first
+            await asyncio.sleep(0.01)
+    assert counts.counts == {("openai", "running"): 1}
+    assert "counting training jobs for /metrics failed" in caplog.text
+    store.bug, store.counts = False, {}
+    async with asyncio.timeout(5):
+        while counts.counts != {}:
+            await asyncio.sleep(0.01)
     await counts.stop()
 
 

@@ -51,7 +51,7 @@ class JobCounts:
 
     async def start(self) -> None:
         """Read now (a failure is only counted), then every ``interval`` seconds."""
-        await self.refresh()
+        await self._refresh_safely()
         if self._task is None:
             self._task = spawn(self._refresh_forever(), name="stillroom-job-counts")
 
@@ -84,4 +84,13 @@ class JobCounts:
     async def _refresh_forever(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
+            await self._refresh_safely()
+
+    async def _refresh_safely(self) -> None:
+        """``refresh``, with an error that is not the store's (a bug) logged and counted: it
+        never stops the proxy's start or this loop."""
+        try:
             await self.refresh()
+        except Exception:
+            self.failures += 1
+            self._logger.exception("counting training jobs for /metrics failed")
