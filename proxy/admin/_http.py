@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from proxy.errors import InvalidRequest, ProxyError, RequestTooLarge, StoreNotReady
 from storage.base import Store
@@ -52,6 +53,11 @@ def answers_errors(handler: Handler) -> Handler:
             return error_response(StoreNotReady("the capture store failed; try again later"))
 
     return answer
+
+
+def route(path: str, method: str, handler: Handler) -> Route:
+    """One admin API route; ``handler``'s errors are answered as OpenAI-shaped JSON."""
+    return Route(path, answers_errors(handler), methods=[method])
 
 
 def query_params(request: Request) -> dict[str, list[str]]:

@@ -19,11 +19,9 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from proxy.admin._http import (
     StoreProvider,
-    answers_errors,
     current_store,
     error_response,
     json_object,
@@ -31,6 +29,7 @@ from proxy.admin._http import (
     logger,
     query_params,
     read_json,
+    route,
 )
 from proxy.admin.auth import AdminAuth
 from proxy.admin.datasets import dataset_routes
@@ -70,14 +69,14 @@ def create_admin_app(
     routes = AdminRoutes(store)
     site = Starlette(
         routes=[
-            Route("/admin/openapi.json", routes.openapi, methods=["GET"]),
-            Route("/admin/captures", routes.list_captures, methods=["GET"]),
-            Route("/admin/captures/update", routes.update_where, methods=["POST"]),
-            Route("/admin/captures/delete", routes.delete_where, methods=["POST"]),
-            Route("/admin/captures/{id}", routes.get_capture, methods=["GET"]),
-            Route("/admin/captures/{id}", routes.patch_capture, methods=["PATCH"]),
-            Route("/admin/captures/{id}", routes.delete_capture, methods=["DELETE"]),
-            Route("/admin/stats", routes.stats, methods=["GET"]),
+            route("/admin/openapi.json", "GET", routes.openapi),
+            route("/admin/captures", "GET", routes.list_captures),
+            route("/admin/captures/update", "POST", routes.update_where),
+            route("/admin/captures/delete", "POST", routes.delete_where),
+            route("/admin/captures/{id}", "GET", routes.get_capture),
+            route("/admin/captures/{id}", "PATCH", routes.patch_capture),
+            route("/admin/captures/{id}", "DELETE", routes.delete_capture),
+            route("/admin/stats", "GET", routes.stats),
             *dataset_routes(store),
             *job_routes(store, runner or (lambda: None)),
             *route_routes(store, router or (lambda: None)),
@@ -108,22 +107,14 @@ class AdminRoutes:
 
     def __init__(self, store: StoreProvider) -> None:
         self._store = store
-        self.openapi = answers_errors(self._openapi)
-        self.list_captures = answers_errors(self._list_captures)
-        self.get_capture = answers_errors(self._get_capture)
-        self.patch_capture = answers_errors(self._patch_capture)
-        self.delete_capture = answers_errors(self._delete_capture)
-        self.update_where = answers_errors(self._update_where)
-        self.delete_where = answers_errors(self._delete_where)
-        self.stats = answers_errors(self._stats)
 
     def store(self) -> Store:
         return current_store(self._store)
 
-    async def _openapi(self, request: Request) -> Response:
+    async def openapi(self, request: Request) -> Response:
         return json_response(openapi_document())
 
-    async def _list_captures(self, request: Request) -> Response:
+    async def list_captures(self, request: Request) -> Response:
         where, after, limit, order = parse_list_params(query_params(request))
         page = await self.store().list_captures(where, after=after, limit=limit, order=order)
         data = [capture_json(item) for item in page.items]
@@ -137,7 +128,7 @@ class AdminRoutes:
             }
         )
 
-    async def _get_capture(self, request: Request) -> Response:
+    async def get_capture(self, request: Request) -> Response:
         capture_id = _capture_id(request)
         store = self.store()
         stored = await store.get_capture(capture_id)
@@ -149,7 +140,7 @@ class AdminRoutes:
             out["conversation"] = conversation_json(chain) if chain is not None else None
         return json_response(out)
 
-    async def _patch_capture(self, request: Request) -> Response:
+    async def patch_capture(self, request: Request) -> Response:
         capture_id = _capture_id(request)
         patch = parse_body_patch(await read_json(request))
         stored = await self.store().update_capture(capture_id, patch)
@@ -157,13 +148,13 @@ class AdminRoutes:
             raise _no_capture(capture_id)
         return json_response(capture_json(stored))
 
-    async def _delete_capture(self, request: Request) -> Response:
+    async def delete_capture(self, request: Request) -> Response:
         capture_id = _capture_id(request)
         if not await self.store().delete_capture(capture_id):
             raise _no_capture(capture_id)
         return json_response({"object": "capture.deleted", "id": capture_id, "deleted": True})
 
-    async def _update_where(self, request: Request) -> Response:
+    async def update_where(self, request: Request) -> Response:
         body = json_object(await read_json(request), {"filter", "patch", "all"})
         if "patch" not in body:
             raise InvalidRequest("patch is required: the edit to apply", param="patch")
@@ -172,14 +163,14 @@ class AdminRoutes:
         updated = await self.store().update_where(where, patch)
         return json_response({"object": "capture.bulk_update", "updated": updated})
 
-    async def _delete_where(self, request: Request) -> Response:
+    async def delete_where(self, request: Request) -> Response:
         body = json_object(await read_json(request), {"filter", "all"})
         where = _bulk_filter(body)
         deleted = await self.store().delete_where(where)
         logger.info("admin bulk delete: %d captures", deleted)
         return json_response({"object": "capture.bulk_delete", "deleted": deleted})
 
-    async def _stats(self, request: Request) -> Response:
+    async def stats(self, request: Request) -> Response:
         where = parse_query_filter(query_params(request))
         stats = await self.store().stats(None if where.is_empty() else where)
         return json_response({"object": "stats", **stats.to_json()})

@@ -30,13 +30,13 @@ from starlette.types import Send
 
 from proxy.admin._http import (
     StoreProvider,
-    answers_errors,
     current_store,
     json_response,
     logger,
     no_parameters,
     query_params,
     read_json,
+    route,
 )
 from proxy.admin.params import is_dataset_name, parse_body_spec, parse_export_params
 from proxy.errors import InvalidRequest, ProxyError, RouteNotFound
@@ -64,34 +64,28 @@ class DatasetConflict(ProxyError):
 def dataset_routes(store: StoreProvider) -> list[Route]:
     routes = DatasetRoutes(store)
     return [
-        Route("/admin/datasets", routes.list_datasets, methods=["GET"]),
-        Route("/admin/datasets", routes.create_dataset, methods=["POST"]),
-        Route("/admin/datasets/{name}", routes.get_dataset, methods=["GET"]),
-        Route("/admin/datasets/{name}", routes.delete_dataset, methods=["DELETE"]),
-        Route("/admin/datasets/{name}/export", routes.export, methods=["GET"]),
-        Route("/admin/datasets/{name}/export/manifest", routes.manifest, methods=["GET"]),
+        route("/admin/datasets", "GET", routes.list_datasets),
+        route("/admin/datasets", "POST", routes.create_dataset),
+        route("/admin/datasets/{name}", "GET", routes.get_dataset),
+        route("/admin/datasets/{name}", "DELETE", routes.delete_dataset),
+        route("/admin/datasets/{name}/export", "GET", routes.export),
+        route("/admin/datasets/{name}/export/manifest", "GET", routes.manifest),
     ]
 
 
 class DatasetRoutes:
     def __init__(self, store: StoreProvider) -> None:
         self._store = store
-        self.list_datasets = answers_errors(self._list)
-        self.create_dataset = answers_errors(self._create)
-        self.get_dataset = answers_errors(self._get)
-        self.delete_dataset = answers_errors(self._delete)
-        self.export = answers_errors(self._export)
-        self.manifest = answers_errors(self._manifest)
 
     def store(self) -> Store:
         return current_store(self._store)
 
-    async def _list(self, request: Request) -> Response:
+    async def list_datasets(self, request: Request) -> Response:
         no_parameters(request)
         datasets = await self.store().list_datasets()
         return json_response({"object": "list", "data": [d.to_json() for d in datasets]})
 
-    async def _create(self, request: Request) -> Response:
+    async def create_dataset(self, request: Request) -> Response:
         spec = parse_body_spec(await read_json(request))
         store = self.store()
         await run_in_threadpool(_load_encodings)
@@ -110,12 +104,12 @@ class DatasetRoutes:
         logger.info("admin: created dataset %s", dataset.name)
         return json_response(dataset.to_json(), status=201)
 
-    async def _get(self, request: Request) -> Response:
+    async def get_dataset(self, request: Request) -> Response:
         no_parameters(request)
         dataset = await self._dataset(request)
         return json_response(dataset.to_json())
 
-    async def _delete(self, request: Request) -> Response:
+    async def delete_dataset(self, request: Request) -> Response:
         no_parameters(request)
         name = _name(request)
         if not await self.store().delete_dataset(name):
@@ -123,7 +117,7 @@ class DatasetRoutes:
         logger.info("admin: deleted dataset %s", name)
         return json_response({"object": "dataset.deleted", "name": name, "deleted": True})
 
-    async def _export(self, request: Request) -> Response:
+    async def export(self, request: Request) -> Response:
         fmt, split = parse_export_params(query_params(request))
         dataset = await self._dataset(request)
         chunks = _export_lines(self.store(), dataset.name, fmt, split)
@@ -137,7 +131,7 @@ class DatasetRoutes:
         }
         return _ExportStream(dataset.name, first, chunks, headers=headers)
 
-    async def _manifest(self, request: Request) -> Response:
+    async def manifest(self, request: Request) -> Response:
         fmt, split = parse_export_params(query_params(request))
         dataset = await self._dataset(request)
         digest = hashlib.sha256()

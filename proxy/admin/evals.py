@@ -27,13 +27,13 @@ from starlette.routing import Route
 
 from proxy.admin._http import (
     StoreProvider,
-    answers_errors,
     current_store,
     json_response,
     logger,
     no_parameters,
     query_params,
     read_json,
+    route,
 )
 from proxy.admin.params import is_dataset_name, matches, parse_page_params
 from proxy.errors import InvalidRequest, ProxyError, RouteNotFound, StoreNotReady
@@ -173,11 +173,11 @@ EvalTasksProvider = Callable[[], EvalTasks | None]
 def eval_routes(store: StoreProvider, tasks: EvalTasksProvider) -> list[Route]:
     routes = EvalRoutes(store, tasks)
     return [
-        Route("/admin/evals", routes.list_evals, methods=["GET"]),
-        Route("/admin/evals", routes.create_eval, methods=["POST"]),
-        Route("/admin/evals/{id}", routes.get_eval, methods=["GET"]),
-        Route("/admin/evals/{id}", routes.delete_eval, methods=["DELETE"]),
-        Route("/admin/evals/{id}/items", routes.eval_items, methods=["GET"]),
+        route("/admin/evals", "GET", routes.list_evals),
+        route("/admin/evals", "POST", routes.create_eval),
+        route("/admin/evals/{id}", "GET", routes.get_eval),
+        route("/admin/evals/{id}", "DELETE", routes.delete_eval),
+        route("/admin/evals/{id}/items", "GET", routes.eval_items),
     ]
 
 
@@ -185,11 +185,6 @@ class EvalRoutes:
     def __init__(self, store: StoreProvider, tasks: EvalTasksProvider) -> None:
         self._store = store
         self._tasks = tasks
-        self.list_evals = answers_errors(self._list)
-        self.create_eval = answers_errors(self._create)
-        self.get_eval = answers_errors(self._get)
-        self.delete_eval = answers_errors(self._delete)
-        self.eval_items = answers_errors(self._items)
 
     def store(self) -> Store:
         return current_store(self._store)
@@ -200,7 +195,7 @@ class EvalRoutes:
             raise StoreNotReady("evals need the store: capture is off or the server is stopping")
         return tasks
 
-    async def _list(self, request: Request) -> Response:
+    async def list_evals(self, request: Request) -> Response:
         page = parse_page_params(query_params(request), EVAL_LIST_SCHEMAS)
         after = page.get("after")
         docs, more = await self.store().list_documents(
@@ -216,7 +211,7 @@ class EvalRoutes:
             }
         )
 
-    async def _create(self, request: Request) -> Response:
+    async def create_eval(self, request: Request) -> Response:
         no_parameters(request)
         try:
             spec = parse_eval_spec(await read_json(request))
@@ -241,11 +236,11 @@ class EvalRoutes:
         )
         return json_response(document, status=201)
 
-    async def _get(self, request: Request) -> Response:
+    async def get_eval(self, request: Request) -> Response:
         no_parameters(request)
         return json_response(eval_json(await self._document(request)))
 
-    async def _delete(self, request: Request) -> Response:
+    async def delete_eval(self, request: Request) -> Response:
         no_parameters(request)
         doc = await self._document(request)
         if doc.body.get("status") == "running" and not _abandoned(doc):
@@ -255,7 +250,7 @@ class EvalRoutes:
         logger.info("admin: deleted eval %s", doc.id)
         return json_response({"object": "eval.deleted", "id": doc.id, "deleted": True})
 
-    async def _items(self, request: Request) -> Response:
+    async def eval_items(self, request: Request) -> Response:
         page = parse_page_params(query_params(request), EVAL_ITEM_SCHEMAS)
         doc = await self._document(request)
         items, more = await self.store().list_items(

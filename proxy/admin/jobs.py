@@ -19,13 +19,13 @@ from starlette.routing import Route
 
 from proxy.admin._http import (
     StoreProvider,
-    answers_errors,
     current_store,
     json_response,
     logger,
     no_parameters,
     query_params,
     read_json,
+    route,
 )
 from proxy.admin.params import JOB_EVENT_SCHEMAS, JOB_LIST_SCHEMAS, parse_page_params
 from proxy.errors import InvalidRequest, ProxyError, RouteNotFound, StoreNotReady
@@ -57,11 +57,11 @@ class JobInvalid(InvalidRequest):
 def job_routes(store: StoreProvider, runner: RunnerProvider) -> list[Route]:
     routes = JobRoutes(store, runner)
     return [
-        Route("/admin/jobs", routes.list_jobs, methods=["GET"]),
-        Route("/admin/jobs", routes.create_job, methods=["POST"]),
-        Route("/admin/jobs/{id}", routes.get_job, methods=["GET"]),
-        Route("/admin/jobs/{id}/events", routes.job_events, methods=["GET"]),
-        Route("/admin/jobs/{id}/cancel", routes.cancel_job, methods=["POST"]),
+        route("/admin/jobs", "GET", routes.list_jobs),
+        route("/admin/jobs", "POST", routes.create_job),
+        route("/admin/jobs/{id}", "GET", routes.get_job),
+        route("/admin/jobs/{id}/events", "GET", routes.job_events),
+        route("/admin/jobs/{id}/cancel", "POST", routes.cancel_job),
     ]
 
 
@@ -69,11 +69,6 @@ class JobRoutes:
     def __init__(self, store: StoreProvider, runner: RunnerProvider) -> None:
         self._store = store
         self._runner = runner
-        self.list_jobs = answers_errors(self._list)
-        self.create_job = answers_errors(self._create)
-        self.get_job = answers_errors(self._get)
-        self.job_events = answers_errors(self._events)
-        self.cancel_job = answers_errors(self._cancel)
 
     def store(self) -> Store:
         return current_store(self._store)
@@ -86,7 +81,7 @@ class JobRoutes:
             )
         return runner
 
-    async def _list(self, request: Request) -> Response:
+    async def list_jobs(self, request: Request) -> Response:
         page = parse_page_params(query_params(request), JOB_LIST_SCHEMAS)
         after = page.get("after")
         jobs, more = await self.store().list_jobs(
@@ -103,7 +98,7 @@ class JobRoutes:
             }
         )
 
-    async def _create(self, request: Request) -> Response:
+    async def create_job(self, request: Request) -> Response:
         try:
             spec = parse_job_spec(await read_json(request))
         except JobSpecError as exc:
@@ -117,7 +112,7 @@ class JobRoutes:
         logger.info("admin: created training job %s on dataset %s", job.id, job.dataset)
         return json_response(job.to_json(), status=201)
 
-    async def _get(self, request: Request) -> Response:
+    async def get_job(self, request: Request) -> Response:
         no_parameters(request)
         job_id = _job_id(request)
         job = await self.store().get_job(job_id)
@@ -125,7 +120,7 @@ class JobRoutes:
             raise _no_job(job_id)
         return json_response(job.to_json())
 
-    async def _events(self, request: Request) -> Response:
+    async def job_events(self, request: Request) -> Response:
         page = parse_page_params(query_params(request), JOB_EVENT_SCHEMAS)
         job_id = _job_id(request)
         store = self.store()
@@ -144,7 +139,7 @@ class JobRoutes:
             }
         )
 
-    async def _cancel(self, request: Request) -> Response:
+    async def cancel_job(self, request: Request) -> Response:
         no_parameters(request)
         job_id = _job_id(request)
         try:

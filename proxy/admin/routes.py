@@ -28,13 +28,13 @@ from starlette.routing import Route
 
 from proxy.admin._http import (
     StoreProvider,
-    answers_errors,
     current_store,
     json_response,
     logger,
     no_parameters,
     query_params,
     read_json,
+    route,
 )
 from proxy.admin.params import matches, parse_page_params
 from proxy.errors import InvalidRequest, ProxyError, RouteNotFound, StoreNotReady
@@ -77,13 +77,13 @@ class RouteChangeRefused(ProxyError):
 def route_routes(store: StoreProvider, router: RouterProvider) -> list[Route]:
     routes = RouteRoutes(store, router)
     return [
-        Route("/admin/routes", routes.list_routes, methods=["GET"]),
-        Route("/admin/routes", routes.create_route, methods=["POST"]),
-        Route("/admin/routes/{name}", routes.get_route, methods=["GET"]),
-        Route("/admin/routes/{name}", routes.update_route, methods=["PATCH"]),
-        Route("/admin/routes/{name}", routes.delete_route, methods=["DELETE"]),
-        Route("/admin/routes/{name}/events", routes.route_events, methods=["GET"]),
-        Route("/admin/routes/{name}/shadow", routes.route_shadow, methods=["GET"]),
+        route("/admin/routes", "GET", routes.list_routes),
+        route("/admin/routes", "POST", routes.create_route),
+        route("/admin/routes/{name}", "GET", routes.get_route),
+        route("/admin/routes/{name}", "PATCH", routes.update_route),
+        route("/admin/routes/{name}", "DELETE", routes.delete_route),
+        route("/admin/routes/{name}/events", "GET", routes.route_events),
+        route("/admin/routes/{name}/shadow", "GET", routes.route_shadow),
     ]
 
 
@@ -91,13 +91,6 @@ class RouteRoutes:
     def __init__(self, store: StoreProvider, router: RouterProvider) -> None:
         self._store = store
         self._router = router
-        self.list_routes = answers_errors(self._list)
-        self.create_route = answers_errors(self._create)
-        self.get_route = answers_errors(self._get)
-        self.update_route = answers_errors(self._update)
-        self.delete_route = answers_errors(self._delete)
-        self.route_events = answers_errors(self._events)
-        self.route_shadow = answers_errors(self._shadow)
 
     def service(self) -> RouteService:
         store = current_store(self._store)
@@ -106,24 +99,24 @@ class RouteRoutes:
             raise StoreNotReady("routes need the store: capture is off or the server is stopping")
         return RouteService(store, router.table)
 
-    async def _list(self, request: Request) -> Response:
+    async def list_routes(self, request: Request) -> Response:
         no_parameters(request)
         data = await _refusals(self.service().list_routes())
         return json_response({"object": "list", "data": data})
 
-    async def _create(self, request: Request) -> Response:
+    async def create_route(self, request: Request) -> Response:
         no_parameters(request)
         body = check_route_body(await read_json(request))
         route = await _refusals(self.service().create(body))
         logger.info("admin: created route %s (mode %s)", route["name"], route["mode"])
         return json_response(route, status=201)
 
-    async def _get(self, request: Request) -> Response:
+    async def get_route(self, request: Request) -> Response:
         no_parameters(request)
         name = _route_name(request)
         return json_response(await _refusals(self.service().get(name)))
 
-    async def _update(self, request: Request) -> Response:
+    async def update_route(self, request: Request) -> Response:
         no_parameters(request)
         name = _route_name(request)
         patch = check_route_patch(await read_json(request))
@@ -131,7 +124,7 @@ class RouteRoutes:
         logger.info("admin: changed route %s (mode %s)", name, route["mode"])
         return json_response(route)
 
-    async def _delete(self, request: Request) -> Response:
+    async def delete_route(self, request: Request) -> Response:
         no_parameters(request)
         name = _route_name(request)
         if not await self.service().delete(name):
@@ -139,13 +132,13 @@ class RouteRoutes:
         logger.info("admin: deleted route %s", name)
         return json_response({"object": "route.deleted", "name": name, "deleted": True})
 
-    async def _events(self, request: Request) -> Response:
+    async def route_events(self, request: Request) -> Response:
         page = parse_page_params(query_params(request), ROUTE_EVENT_SCHEMAS)
         name = _route_name(request)
         after, limit = int(page["after"]), int(page["limit"])
         return json_response(await _refusals(events_page(self.service(), name, after, limit)))
 
-    async def _shadow(self, request: Request) -> Response:
+    async def route_shadow(self, request: Request) -> Response:
         page = parse_page_params(query_params(request), ROUTE_EVENT_SCHEMAS)
         name = _route_name(request)
         after, limit = int(page["after"]), int(page["limit"])
