@@ -40,3 +40,18 @@ async def _make_datasets(path: Path) -> None:
         for name in ("qa", "tiny"):
             where = CaptureFilter(tags=(("task", name),))
             await create_dataset(store, DatasetSpec(name, where=where, validation=0.2))
+
+
+def training_settings(mock_url: str, db: Path, **extra: object) -> dict[str, object]:
+    """``stillroom serve`` settings for training through the mock provider, admin API on."""
+    from tests._admin import TOKEN
+
+    return {
+        "upstream": mock_url,
+        "database": str(db),
+        "admin_token": TOKEN,
+        "train_base_url": mock_url + "/v1",
+        "train_api_key": PROVIDER_KEY,
+        "train_poll_interval": 0.02,
+        **extra,
+    }

@@ -18,8 +18,8 @@ from proxy.training.job_counts import JobCounts
 from storage.base import NullStore
 from storage.errors import StoreUnavailable
 from storage.jobs import BACKENDS, JOB_STATUSES
-from tests._admin import AUTH, TOKEN
-from tests._training import PROVIDER_KEY, make_training_db
+from tests._admin import AUTH
+from tests._training import make_training_db, training_settings
 
 NOW = 1_800_000_000.0
 STATUSES = (*JOB_STATUSES, "other")
@@ -193,15 +193,7 @@ def wait_for(read, predicate, timeout=10.0):
 
 
 def test_the_training_jobs_gauge_follows_the_store(db, start_proxy, mock_url):
-    settings = {
-        "upstream": mock_url,
-        "database": str(db),
-        "admin_token": TOKEN,
-        "train_base_url": mock_url + "/v1",
-        "train_api_key": PROVIDER_KEY,
-        "train_poll_interval": 0.02,
-        "metrics_refresh": 0.05,
-    }
+    settings = training_settings(mock_url, db, metrics_refresh=0.05)
     with start_proxy(**settings) as base, httpx.Client(base_url=base, headers=AUTH) as http:
         first = http.get("/metrics").text
         assert job_gauge(first) == zeros()  # read at start: every status there, at 0

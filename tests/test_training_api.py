@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests._admin import AUTH, TOKEN
-from tests._training import PROVIDER_KEY, make_training_db
+from tests._training import PROVIDER_KEY, make_training_db, training_settings
 
 
 @pytest.fixture
@@ -20,16 +20,7 @@ def db(start_proxy, mock_url, tmp_path):
 
 
 def serve(start_proxy, mock_url, db, **extra):
-    settings = {
-        "upstream": mock_url,
-        "database": str(db),
-        "admin_token": TOKEN,
-        "train_base_url": mock_url + "/v1",
-        "train_api_key": PROVIDER_KEY,
-        "train_poll_interval": 0.02,
-        **extra,
-    }
-    return start_proxy(**settings)
+    return start_proxy(**training_settings(mock_url, db, **extra))
 
 
 def wait_for(http, job_id, predicate, timeout=10.0):

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from proxy.cli import cli
 from tests._admin import TOKEN
-from tests._training import PROVIDER_KEY, make_training_db
+from tests._training import PROVIDER_KEY, make_training_db, training_settings
 
 
 @pytest.fixture
@@ -97,14 +97,7 @@ def test_errors_are_one_line(db, args, code, message):
 
 
 def test_through_a_running_server(db, start_proxy, mock_url):
-    settings = {
-        "upstream": mock_url,
-        "database": str(db),
-        "admin_token": TOKEN,
-        "train_base_url": mock_url + "/v1",
-        "train_api_key": PROVIDER_KEY,
-        "train_poll_interval": 0.02,
-    }
+    settings = training_settings(mock_url, db)
     with start_proxy(**settings) as base:
         env = {"STILLROOM_ADMIN_TOKEN": TOKEN}
         start = ["train", "start", "--dataset", "qa", "--backend", "openai", "--json"]
