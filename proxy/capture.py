@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import logging
 import time
+from typing import Any
 
 from proxy.errors import InvalidRequest
 from proxy.records import ExchangeCopy, build_record
@@ -38,6 +39,7 @@ SCOPE_TAGS = "stillroom.tags"  # tags from a /t/... base-URL prefix, set by the 
 SCOPE_SERVED_BY = "stillroom.served_by"  # the route decision's tags, set by the router
 SCOPE_CAPTURE = "stillroom.capture"  # False when the prefix said capture=off
 SCOPE_PREFIX_ERROR = "stillroom.prefix_error"  # an InvalidRequest found in the prefix
+SCOPE_REQUEST = "stillroom.request"  # the body parsed by the router: not parsed twice
 
 
 def key_fingerprint(secret: bytes, key: str) -> str:
@@ -179,6 +181,7 @@ class CapturePolicy:
             tags=tags,
             retry_count=retry,
             fingerprint=fingerprint,
+            request=scope.get(SCOPE_REQUEST),
         )
 
     def finish(self, copy: ExchangeCopy) -> CaptureRecord | None:
@@ -206,6 +209,7 @@ class CaptureTee:
         "_truncated",
         "body",
         "capture_id",
+        "request",
         "created_at",
         "endpoint",
         "fingerprint",
@@ -227,8 +231,10 @@ class CaptureTee:
         tags: dict[str, str],
         retry_count: int | None,
         fingerprint: str | None,
+        request: Any = None,
     ) -> None:
         self._policy = policy
+        self.request = request
         self.capture_id = new_capture_id()
         self.created_at = time.time()
         self._started = time.perf_counter()
@@ -291,5 +297,6 @@ class CaptureTee:
                 upstream_request_id=self._request_id,
                 retry_count=self.retry_count,
                 key_fingerprint=self.fingerprint,
+                request=self.request,
             )
         )

@@ -45,10 +45,11 @@ class ExchangeCopy:
     upstream_request_id: str | None
     retry_count: int | None
     key_fingerprint: str | None
+    request: Any = None  # the request body already parsed (by the router), else parsed here
 
 
 def build_record(copy: ExchangeCopy) -> CaptureRecord:
-    request = _loads(copy.request_body)
+    request = copy.request if copy.request is not None else _loads(copy.request_body)
     request_obj = request if isinstance(request, dict) else {}
     response, outcome, error = _response_object(copy)
     tags = {**metadata_tags(request_obj), **copy.tags}

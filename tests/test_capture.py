@@ -411,3 +411,42 @@ def test_a_parsed_body_encodes_exactly_like_a_plain_dict(body):
     # Only the stored body itself counts: an answer decoded from gzip is a plain dict.
     gzipped = dataclasses.replace(copy, response_body=gzip.compress(body), content_encoding="gzip")
     assert type(build_record(gzipped).response) is dict
+
+
+def test_a_request_the_router_parsed_builds_the_same_record():
+    """The router's parse of the body (``ExchangeCopy.request``) stands in for the record's own."""
+    import dataclasses
+
+    import orjson
+
+    from proxy.records import ExchangeCopy, build_record
+
+    body = orjson.dumps(
+        {"model": "gpt-4o-mini", "stream": True, "metadata": {"task": "t"},
+         "messages": [{"role": "user", "content": "hi"}]}
+    )  # fmt: skip
+    copy = ExchangeCopy(
+        capture_id="c1",
+        created_at=1.0,
+        endpoint="chat/completions",
+        method="POST",
+        path="/v1/chat/completions",
+        request_body=body,
+        response_body=b'{"id":"chatcmpl-1","model":"m","choices":[]}',
+        response_truncated=False,
+        status=200,
+        content_type="application/json",
+        content_encoding=None,
+        outcome="completed",
+        error=None,
+        latency_ms=1.0,
+        ttft_ms=None,
+        tags={},
+        upstream_request_id=None,
+        retry_count=None,
+        key_fingerprint=None,
+    )
+    parsed = build_record(dataclasses.replace(copy, request=orjson.loads(body)))
+    assert parsed == build_record(copy)
+    assert parsed.requested_model == "gpt-4o-mini" and parsed.stream
+    assert parsed.tags == {"task": "t"}

@@ -18,7 +18,7 @@ import hashlib
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from proxy.capture import SCOPE_SERVED_BY
+from proxy.capture import SCOPE_REQUEST, SCOPE_SERVED_BY
 from proxy.errors import ProxyError
 from proxy.routing.decide import Decision
 from proxy.routing.router import Fallback, Router
@@ -75,6 +75,7 @@ class ExchangeRouting:
         decision, request = found
         served = decision.route.served_by if decision.target == "student" else "teacher"
         scope[SCOPE_SERVED_BY] = route_tags(decision.route.name, served, decision.reason)
+        scope[SCOPE_REQUEST] = request  # the capture reads it instead of parsing the body again
         return Routed(decision, request)
 
     async def answer(
