@@ -281,6 +281,16 @@ def test_decisions():
     assert 0.28 < share < 0.32
     picks = {decide(route, CHAT | {"user": f"u{n}"}, None).target for n in range(50)}
     assert picks == {"teacher", "student"}
+    # shadow sampling: all, none, or a share that is the same for repeats of one request
+    for rate, low, high in ((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (0.25, 0.2, 0.3)):
+        shadowing = parse_route(route_body("http://s", mode="shadow", shadow_rate=rate))
+        users = [CHAT | {"user": f"u{n}"} for n in range(2_000)]
+        sampled = [decide(shadowing, body, None).shadow for body in users]
+        assert low <= sum(sampled) / len(sampled) <= high, rate
+        assert sampled == [decide(shadowing, body, None).shadow for body in users]
+    full = parse_route(route_body("http://s", mode="full", full_shadow_rate=1.0))
+    assert decide(full, CHAT, None) == decide(full, CHAT, "fp")  # no key needed at rate 1
+    assert decide(full, CHAT, None).shadow and decide(full, CHAT, None).target == "student"
 
 
 def test_invalid_student_answers_fall_back():

@@ -101,12 +101,20 @@ def decide(route: Route, body: dict[str, Any], fingerprint: str | None) -> Decis
     why = ineligible(route, body)
     if why is not None:
         return Decision(route, "teacher", False, f"not_eligible: {why}")
-    key = stable_key(body, fingerprint)
-    sample = point(f"shadow:{route.name}", key) / 100.0
     if route.mode == "shadow":
-        return Decision(route, "teacher", sample < route.shadow_rate, "shadow")
+        shadow = _sampled(route, body, fingerprint, route.shadow_rate)
+        return Decision(route, "teacher", shadow, "shadow")
     if route.mode == "full":
-        return Decision(route, "student", sample < route.full_shadow_rate, "full")
-    if point(f"canary:{route.name}", key) < route.percent:
+        shadow = _sampled(route, body, fingerprint, route.full_shadow_rate)
+        return Decision(route, "student", shadow, "full")
+    if point(f"canary:{route.name}", stable_key(body, fingerprint)) < route.percent:
         return Decision(route, "student", False, "canary")
     return Decision(route, "teacher", False, "outside_canary")
+
+
+def _sampled(route: Route, body: dict[str, Any], fingerprint: str | None, rate: float) -> bool:
+    """Whether the request falls in the sampled share ``rate`` (the same for repeats of one
+    request); a rate of 0 or 1 needs neither the sticky key nor its hash."""
+    if rate >= 1.0 or rate <= 0.0:
+        return rate >= 1.0
+    return point(f"shadow:{route.name}", stable_key(body, fingerprint)) / 100.0 < rate
