@@ -6,13 +6,16 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from storage.ids import new_capture_id
 from storage.models import CaptureRecord, Usage
 from tests._server import serve_in_thread
+
+if TYPE_CHECKING:
+    from proxy.records import ExchangeCopy
 
 
 @pytest.fixture(autouse=True)
@@ -68,6 +71,35 @@ def start_proxy(tmp_path) -> ProxyFactory:
 def proxy_url(start_proxy: ProxyFactory, mock_url: str) -> Iterator[str]:
     with start_proxy(upstream=mock_url) as url:
         yield url
+
+
+def make_copy(**overrides: Any) -> ExchangeCopy:
+    """A complete ``ExchangeCopy`` (a non-streamed chat completion the tee saw); override any
+    field."""
+    from proxy.records import ExchangeCopy
+
+    fields: dict[str, Any] = {
+        "capture_id": "c1",
+        "created_at": 1.0,
+        "endpoint": "chat/completions",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "request_body": b'{"model":"m"}',
+        "response_body": b"{}",
+        "response_truncated": False,
+        "status": 200,
+        "content_type": "application/json",
+        "content_encoding": None,
+        "outcome": "completed",
+        "error": None,
+        "latency_ms": 1.0,
+        "ttft_ms": None,
+        "tags": {},
+        "upstream_request_id": None,
+        "retry_count": None,
+        "key_fingerprint": None,
+    }
+    return ExchangeCopy(**(fields | overrides))
 
 
 def make_capture(**overrides: Any) -> CaptureRecord:

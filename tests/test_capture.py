@@ -16,6 +16,7 @@ import pytest
 
 from proxy.reassemble import normalize_chat_completion
 from storage.sqlite import SQLiteStore
+from tests.conftest import make_copy
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Summarise the news"}]}
 TOOLS = [
@@ -374,31 +375,11 @@ def test_retry_count_with_credential_headers_in_any_order():
 def test_a_parsed_body_encodes_exactly_like_a_plain_dict(body):
     import dataclasses
 
-    from proxy.records import ExchangeCopy, build_record
+    from proxy.records import build_record
     from storage._rows import _encode_response, encode_batch
     from storage.models import ParsedBody
 
-    copy = ExchangeCopy(
-        capture_id="c1",
-        created_at=1.0,
-        endpoint="chat/completions",
-        method="POST",
-        path="/v1/chat/completions",
-        request_body=b'{"model":"m"}',
-        response_body=body,
-        response_truncated=False,
-        status=200,
-        content_type="application/json",
-        content_encoding=None,
-        outcome="completed",
-        error=None,
-        latency_ms=1.0,
-        ttft_ms=None,
-        tags={},
-        upstream_request_id=None,
-        retry_count=None,
-        key_fingerprint=None,
-    )
+    copy = make_copy(response_body=body)
     record = build_record(copy)
     assert type(record.response) is ParsedBody
     plain = dataclasses.replace(record, response=dict(record.response))
@@ -419,32 +400,14 @@ def test_a_request_the_router_parsed_builds_the_same_record():
 
     import orjson
 
-    from proxy.records import ExchangeCopy, build_record
+    from proxy.records import build_record
 
     body = orjson.dumps(
         {"model": "gpt-4o-mini", "stream": True, "metadata": {"task": "t"},
          "messages": [{"role": "user", "content": "hi"}]}
     )  # fmt: skip
-    copy = ExchangeCopy(
-        capture_id="c1",
-        created_at=1.0,
-        endpoint="chat/completions",
-        method="POST",
-        path="/v1/chat/completions",
-        request_body=body,
-        response_body=b'{"id":"chatcmpl-1","model":"m","choices":[]}',
-        response_truncated=False,
-        status=200,
-        content_type="application/json",
-        content_encoding=None,
-        outcome="completed",
-        error=None,
-        latency_ms=1.0,
-        ttft_ms=None,
-        tags={},
-        upstream_request_id=None,
-        retry_count=None,
-        key_fingerprint=None,
+    copy = make_copy(
+        request_body=body, response_body=b'{"id":"chatcmpl-1","model":"m","choices":[]}'
     )
     parsed = build_record(dataclasses.replace(copy, request=orjson.loads(body)))
     assert parsed == build_record(copy)

@@ -14,6 +14,7 @@ from proxy.records import ExchangeCopy, build_record
 from proxy.sse import SSEDecoder
 from proxy.tags import parse_capture_switch, parse_tags, split_prefix
 from proxy.transcript import reassemble_transcript
+from tests.conftest import make_copy
 
 header = st.tuples(st.binary(max_size=20), st.binary(max_size=40))
 tricky_bytes = st.one_of(
@@ -30,26 +31,14 @@ tricky_bytes = st.one_of(
 
 
 def copy_of(endpoint: str, request: bytes, response: bytes, content_type: str) -> ExchangeCopy:
-    return ExchangeCopy(
+    return make_copy(
         capture_id="id",
         created_at=0.0,
         endpoint=endpoint,
-        method="POST",
         path="/v1/" + endpoint,
         request_body=request,
         response_body=response,
-        response_truncated=False,
-        status=200,
         content_type=content_type,
-        content_encoding=None,
-        outcome="completed",
-        error=None,
-        latency_ms=1.0,
-        ttft_ms=None,
-        tags={},
-        upstream_request_id=None,
-        retry_count=None,
-        key_fingerprint=None,
     )
 
 
