@@ -362,3 +362,65 @@ def test_the_student_never_sees_the_clients_key(start_proxy, mock_url, tmp_path,
     assert all(canary not in json_text for json_text in map(str, seen))
     assert all(h.get("authorization") == "Bearer sk-student-own-key" for h in seen)
     assert canary.encode() not in db.read_bytes()
+
+
+def test_the_shadow_worker_gets_no_more_frames_than_it_has_room_for(tmp_path):
+    """Credit-based flow control: with the student stuck at its cap, the proxy encodes and
+    writes no more shadows than the worker's queue (and its waiting tasks) can hold; the rest
+    are dropped before encoding and counted, and the worker itself drops none."""
+    from proxy.routing.shadow_process import WORKER_QUEUE, ShadowProcess
+    from tests.conftest import make_capture
+
+    db = tmp_path / "shadow.db"
+    run(_with_service(db, lambda service: asyncio.sleep(0)))  # migrated
+
+    async def go() -> tuple[int, int, int, dict[str, int]]:
+        hung: list[asyncio.StreamWriter] = []
+
+        async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+            hung.append(writer)  # reads nothing back: the student never answers
+
+        server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        route = parse_route(
+            route_body(f"http://127.0.0.1:{port}", mode="shadow", max_concurrency=1, timeout_s=60)
+        )
+        record = make_capture()
+        request = orjson.loads(record.request_body)
+        shadows = ShadowProcess(str(db), stop_timeout=1.0)
+        offered = 0
+        try:
+            for _ in range(40):  # 2,000 shadows over about 2 s: the worker reports 10 times a s
+                for _ in range(50):
+                    shadows.submit(route, request, record)
+                    offered += 1
+                await asyncio.sleep(0.05)
+            written = shadows.written
+            await asyncio.sleep(0.3)  # the last report: the worker's own drops
+            return offered, written, shadows.dropped, dict(shadows.peak_in_flight)
+        finally:
+            await shadows.stop()
+            server.close()
+            for writer in hung:
+                writer.close()
+
+    offered, written, dropped, peak = run(go())
+    assert peak == {"hello": 1}  # the cap
+    # The queue, plus what the worker's 16 tasks took out of it to wait for the cap.
+    assert WORKER_QUEUE <= written <= WORKER_QUEUE + 16
+    assert dropped == offered - written  # every other shadow dropped in the proxy, none lost
+
+
+def test_the_callers_key_is_hashed_only_when_the_sticky_key_needs_it():
+    canary = parse_route(route_body("http://s", mode="canary", percent=50))
+    asked: list[int] = []
+
+    def fingerprint() -> str:
+        asked.append(1)
+        return "fp"
+
+    decide(canary, CHAT | {"user": "u1"}, fingerprint)
+    assert asked == []  # the user field is the key
+    decide(canary, CHAT, fingerprint)
+    assert asked == [1]
+    assert stable_key(CHAT, fingerprint) == stable_key(CHAT, "fp")

@@ -118,6 +118,10 @@ class ShadowSender:
     def full(self) -> bool:
         return self._queue.full()
 
+    def room(self) -> int:
+        """Shadows the queue can take now."""
+        return self._queue.maxsize - self._queue.qsize()
+
     async def idle(self) -> None:
         """Wait until every queued shadow is done (a worker's graceful stop, tests)."""
         await self._queue.join()

@@ -7,9 +7,11 @@ than a millisecond of client latency at concurrency 16 (bench/shadow_overhead.py
 only encodes each shadow as one JSON line (route, request, the teacher's answer) and writes it
 to the worker's stdin; the worker runs ``ShadowSender`` (the per-route concurrency cap, the
 timeout, the graders, batched writes of the pairs to its own connection to the store) and
-reports its counters as one JSON line on stdout ten times a second, which ``/metrics`` shows;
-while its queue is full (the student is at its concurrency cap and behind), the proxy drops new
-shadows before encoding them.
+reports its counters as one JSON line on stdout ten times a second, which ``/metrics`` shows.
+Each report also says how much room its queue has: the proxy writes no more frames than that
+room beyond what the worker has read (credit-based flow control), so while the student is at its
+concurrency cap and behind, the proxy drops new shadows before encoding them, and a shadow it
+does encode is one the worker has room for.
 
 The worker starts on the first shadow (a proxy whose routes never shadow never starts it), runs
 on the CPUs the proxy is not pinned to when it is pinned to some, and is restarted if it dies.
@@ -38,9 +40,9 @@ logger = logging.getLogger("stillroom.routing")
 
 _STATS_EVERY: Final = 0.1
 WORKER_NICENESS: Final = 10  # added to the worker's nice value: below the proxy's priority
-_EARLY_FRAMES: Final = 1000
+WORKER_QUEUE: Final = 256  # shadows the worker holds: a backlog of seconds, not minutes
+_EARLY_FRAMES: Final = WORKER_QUEUE  # frames kept while the worker starts
 _DATABASE_VAR: Final = "STILLROOM_WORKER_DATABASE_INTERNAL"
-_BACKLOG: Final = 2000  # frames the worker may be behind before the proxy drops new ones
 
 
 class ShadowProcess:
@@ -60,13 +62,18 @@ class ShadowProcess:
         self._written = 0  # frames written to the worker
         self._seen = 0  # frames the worker has read (its last report)
         self._written_before_start = 0
-        self._worker_full = False  # the worker's queue was full at its last report
+        self._room = WORKER_QUEUE  # free places in the worker's queue at its last report
         self._route_json: dict[int, tuple[Route, bytes]] = {}
         self.sent = self.failed = 0
         self.dropped = 0  # here (buffer full, worker down) and in the worker (its queue full)
         self._worker_dropped = 0
         self.in_flight: dict[str, int] = {}
         self.peak_in_flight: dict[str, int] = {}
+
+    @property
+    def written(self) -> int:
+        """Frames written to workers so far (shadows and pairs)."""
+        return self._written
 
     def start(self) -> None:
         """Nothing yet: the worker starts with the first shadow."""
@@ -92,8 +99,8 @@ class ShadowProcess:
                 await self._reader
 
     def submit(self, route: Route, request: dict[str, Any], record: CaptureRecord) -> None:
-        if self._worker_full or self._written - self._seen >= _BACKLOG:
-            self.dropped += 1  # the worker is behind: drop here, before any encoding
+        if self._written - self._seen >= self._room:
+            self.dropped += 1  # no room for it in the worker: drop here, before any encoding
             return
         teacher = teacher_message(record)
         if teacher is None:
@@ -157,7 +164,8 @@ class ShadowProcess:
             logger.error("could not start the shadow worker: %s", exc)
             return
         logger.info("shadow worker %d started", self._proc.pid)
-        self._written_before_start = self._written
+        self._written_before_start = self._seen = self._written
+        self._room = WORKER_QUEUE
         early, self._early = self._early, []
         if self._proc.stdin is not None:
             self._proc.stdin.write(b"".join(early))
@@ -173,7 +181,7 @@ class ShadowProcess:
                 continue
             self.sent, self.failed = int(stats["sent"]), int(stats["failed"])
             self._seen = self._written_before_start + int(stats["seen"])
-            self._worker_full = bool(stats.get("full"))
+            self._room = int(stats["room"])
             self.dropped += int(stats["dropped"]) - self._worker_dropped
             self._worker_dropped = int(stats["dropped"])
             self.in_flight = dict(stats["in_flight"])
@@ -220,7 +228,7 @@ async def _serve(database: str) -> None:
     from storage.connect import open_store
 
     store = open_store(database)
-    sender = ShadowSender(store, queue_size=256)  # a backlog of seconds, not minutes
+    sender = ShadowSender(store, queue_size=WORKER_QUEUE)
     sender.start()
     routes: dict[bytes, Route] = {}
     reader = asyncio.StreamReader(limit=64 * 1024 * 1024)
@@ -266,7 +274,7 @@ async def _report(sender: ShadowSender) -> None:
 def _write_stats(sender: ShadowSender) -> None:
     stats = {
         "seen": _SEEN[0],
-        "full": sender.full(),
+        "room": sender.room(),
         "sent": sender.sent,
         "failed": sender.failed,
         "dropped": sender.dropped,
