@@ -16,12 +16,16 @@ one request are sampled alike.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from proxy.routing.routes import Route
 
 Target = Literal["teacher", "student"]
+# The caller's key fingerprint, or how to compute it: only a sticky key without a ``user``-like
+# field needs it, so the relay passes a function and most requests never hash their key.
+Fingerprint = str | None | Callable[[], str | None]
 _MEDIA_PARTS = frozenset({"image_url", "input_image", "input_audio", "file", "input_file"})
 
 
@@ -74,7 +78,7 @@ def ineligible(route: Route, body: dict[str, Any]) -> str | None:
     return None
 
 
-def stable_key(body: dict[str, Any], fingerprint: str | None) -> str:
+def stable_key(body: dict[str, Any], fingerprint: Fingerprint) -> str:
     """The request's sticky key (see the module docstring)."""
     for name in ("user", "safety_identifier", "prompt_cache_key"):
         value = body.get(name)
@@ -86,6 +90,8 @@ def stable_key(body: dict[str, Any], fingerprint: str | None) -> str:
             content = message.get("content")
             first = content if isinstance(content, str) else repr(content)
             break
+    if callable(fingerprint):
+        fingerprint = fingerprint()
     return f"fp:{fingerprint or '-'}:{first}"
 
 
@@ -95,7 +101,7 @@ def point(salt: str, key: str) -> float:
     return int.from_bytes(digest, "big") / 2**64 * 100.0
 
 
-def decide(route: Route, body: dict[str, Any], fingerprint: str | None) -> Decision:
+def decide(route: Route, body: dict[str, Any], fingerprint: Fingerprint) -> Decision:
     if route.mode == "off":
         return Decision(route, "teacher", False, "off")
     why = ineligible(route, body)
@@ -112,7 +118,7 @@ def decide(route: Route, body: dict[str, Any], fingerprint: str | None) -> Decis
     return Decision(route, "teacher", False, "outside_canary")
 
 
-def _sampled(route: Route, body: dict[str, Any], fingerprint: str | None, rate: float) -> bool:
+def _sampled(route: Route, body: dict[str, Any], fingerprint: Fingerprint, rate: float) -> bool:
     """Whether the request falls in the sampled share ``rate`` (the same for repeats of one
     request); a rate of 0 or 1 needs neither the sticky key nor its hash."""
     if rate >= 1.0 or rate <= 0.0:

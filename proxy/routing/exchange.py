@@ -69,7 +69,8 @@ class ExchangeRouting:
         router = self.router
         if not router.table.routes:
             return None
-        found = router.decide(scope["method"], scope["path"], body, ours, caller(scope["headers"]))
+        headers = scope["headers"]
+        found = router.decide(scope["method"], scope["path"], body, ours, lambda: caller(headers))
         if found is None:
             return None
         decision, request = found

@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import orjson
 
-from proxy.routing.decide import Decision, decide
+from proxy.routing.decide import Decision, Fingerprint, decide
 from proxy.routing.routes import Route
 from proxy.routing.shadow import Shadows
 from proxy.routing.table import RouteTable
@@ -76,7 +76,7 @@ class Router:
         path: str,
         body: bytes,
         ours: dict[bytes, bytes],
-        fingerprint: str | None,
+        fingerprint: Fingerprint,
     ) -> tuple[Decision, dict[str, Any]] | None:
         if not self.table.routes or method != "POST" or path != CHAT_PATH:
             return None
