@@ -96,6 +96,21 @@ def tree_cpu(pids: list[int]) -> float:
     return ticks / CLK_TCK
 
 
+def syscalls(pid: int) -> tuple[int, int]:
+    """Read and write system calls a process (all its threads) has made, from /proc/PID/io:
+    how many reads a relayed stream takes shows how well its chunks were coalesced."""
+    counts = {"syscr": 0, "syscw": 0}
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                if name in counts:
+                    counts[name] = int(value)
+    except OSError:
+        pass
+    return counts["syscr"], counts["syscw"]
+
+
 def cpu_times() -> dict[int, tuple[float, float]]:
     """Per CPU: (busy seconds, stolen seconds) from /proc/stat."""
     out = {}

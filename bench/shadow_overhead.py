@@ -37,7 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import descendants, tree_cpu  # noqa: E402
+from bench.harness import descendants, syscalls, tree_cpu  # noqa: E402
 from bench.loadgen import build_request, run_cell  # noqa: E402
 
 STILLROOM = str(ROOT / ".venv" / "bin" / "stillroom")
@@ -176,7 +176,7 @@ def main() -> int:
                     workers = descendants(pids[name])  # the shadow worker, once it started
 
                     def snap(pid: int = pids[name], workers: list[int] = workers) -> list[float]:
-                        return [tree_cpu([pid]), tree_cpu(workers)]
+                        return [tree_cpu([pid]), tree_cpu(workers), *syscalls(pid)]
 
                     result = run_cell(
                         "127.0.0.1", port, request, stream=stream,
@@ -187,13 +187,17 @@ def main() -> int:
                     served = result["rps"] * result["elapsed_s"]
                     result["proxy_us"] = (b[0] - a[0]) / served * 1e6 if served else 0.0
                     result["worker_us"] = (b[1] - a[1]) / served * 1e6 if served else 0.0
+                    result["reads"] = (b[2] - a[2]) / served if served else 0.0
+                    result["writes"] = (b[3] - a[3]) / served if served else 0.0
                     cells.setdefault((name, stream), []).append(result)
                     print(  # noqa: T201
                         f"round {round_no + 1} {name:<8} stream={stream!s:<5} "
                         f"p50 {result['latency_ms']['p50']:.2f} ms  p99 "
                         f"{result['latency_ms']['p99']:.2f} ms  {result['rps']:.0f} rps  "
                         f"proxy CPU {result['proxy_us']:.0f} us/req  "
-                        f"worker {result['worker_us']:.0f} us/req  errors {result['errors']}",
+                        f"worker {result['worker_us']:.0f} us/req  syscalls/req "
+                        f"r {result['reads']:.1f} w {result['writes']:.1f}  "
+                        f"errors {result['errors']}",
                         flush=True,
                     )
         shadow_base = servers["shadow"][0]
@@ -227,6 +231,8 @@ def main() -> int:
                     "rps": statistics.median(r["rps"] for r in results),
                     "proxy_cpu_us_per_request": statistics.median(r["proxy_us"] for r in results),
                     "worker_cpu_us_per_request": statistics.median(r["worker_us"] for r in results),
+                    "proxy_reads_per_request": statistics.median(r["reads"] for r in results),
+                    "proxy_writes_per_request": statistics.median(r["writes"] for r in results),
                     "errors": sum(r["errors"] for r in results),
                 }
             rows["p50_added_ms"] = rows["shadow"]["p50_ms"] - rows["no-route"]["p50_ms"]
