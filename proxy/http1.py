@@ -145,7 +145,11 @@ class _Connection(asyncio.Protocol):
         chunks = self._chunks
         while True:
             if chunks:
-                chunk = chunks.popleft()
+                # Everything that has arrived goes on as one piece: pieces that came in one read
+                # (an SSE server's events, written back to back) cost the relay one send, not one
+                # each, and none of them waits for anything that has not arrived yet.
+                chunk = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
                 self._buffered -= len(chunk)
                 if self._paused and self._buffered < _LOW_WATER and self.transport is not None:
                     self._paused = False
@@ -186,7 +190,8 @@ class UpstreamResponse:
         self.headers = connection._headers
 
     def chunks(self) -> AsyncIterator[bytes]:
-        """The body exactly as it came off the wire, each chunk as soon as it arrived."""
+        """The body exactly as it came off the wire, as soon as it arrived: each piece is all
+        the body bytes received since the last one (the chunked encoding's framing removed)."""
         return self._connection.chunks()
 
     def close(self) -> None:

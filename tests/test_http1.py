@@ -137,3 +137,36 @@ async def test_untrusted_certificate_is_refused(tls_files):
     finally:
         thread.join(5)
         listener.close()
+
+
+@pytest.mark.anyio
+async def test_pieces_that_arrive_together_go_on_together():
+    """Chunked pieces received in one read come out as one chunk (one send for the relay);
+    a piece that arrives later is handed over on its own, as soon as it arrives."""
+    later = asyncio.Event()
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        events = [f"data: {n}\n\n".encode() for n in range(3)]
+        head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+        head += b"transfer-encoding: chunked\r\n\r\n"
+        writer.write(head + b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events))
+        await writer.drain()
+        await later.wait()
+        writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(b"data: 3\n\n"), b"data: 3\n\n"))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = Http1Pool(f"http://127.0.0.1:{port}", connect_timeout=2, max_connections=1)
+    try:
+        response = await pool.open("POST", b"/v1/chat/completions", [], b"{}")
+        pieces = response.chunks()
+        await asyncio.sleep(0.1)  # all three events are in by now
+        assert await anext(pieces) == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
+        later.set()
+        assert [piece async for piece in pieces] == [b"data: 3\n\n"]
+        response.close()
+    finally:
+        server.close()
