@@ -176,3 +176,53 @@ def test_the_data_only_path_takes_plain_streams_and_leaves_the_rest():
         True,
     )
     assert transcript._decode_data_only(b'data: {"a":1}\n\ndata: {"b') == ([{"a": 1}], False)
+
+
+# Streams where most events share one frame and differ only in their content and padding (the
+# template shortcut), with tricky strings and the odd event that breaks the pattern.
+tricky = ["a", '"', "\\", "\n", "é", "\u2028", "}", "{", "😀", "\x00"]
+tricky_text = st.text(alphabet=st.sampled_from(tricky), max_size=6)
+framed_chunk = st.builds(
+    lambda content, pad, index, model, extra: {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "model": model,
+        "choices": [{"index": index, "delta": {"content": content}, "finish_reason": None}],
+        **({"obfuscation": pad} if pad is not None else {}),
+        **extra,
+    },
+    tricky_text,
+    st.none() | st.text(max_size=4),
+    st.sampled_from([0, 0, 0, 1]),
+    st.sampled_from(["m", "m", "m", "m2"]),
+    st.sampled_from([{}, {}, {}, {"usage": None}, {"x": {"delta": {"content": "decoy"}}}]),
+)
+templated_stream = st.lists(
+    st.one_of(framed_chunk, framed_chunk, framed_chunk, fast_chunk), max_size=20
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(templated_stream, st.booleans())
+def test_templated_streams_match_the_full_decoder_key_order_included(chunks, done):
+    data = b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks)
+    if done:
+        data += b"data: [DONE]\n\n"
+    fast = reassemble_transcript("chat/completions", data)
+    slow = slow_path("chat/completions", data)
+    assert fast == slow
+    assert _dumped(fast) == _dumped(slow)
+
+
+def test_a_template_never_takes_an_event_it_does_not_describe():
+    frame = b'{"id":"c","choices":[{"index":0,"delta":{"content":%s},"finish_reason":null}]}'
+    events = [frame % b'"Hel"', frame % b'"lo"', frame % b'"\\u00e9\\"\\\\"', frame % b"7"]
+    events += [frame % b'"x" ', frame % b'"unterminated', frame % b'"bad \\q escape"']
+    for tail in range(3, len(events) + 1):
+        data = b"".join(b"data: " + e + b"\n\n" for e in events[:tail])
+        assert reassemble_transcript("chat/completions", data) == slow_path(
+            "chat/completions", data
+        ), tail
+    good = b"".join(b"data: " + e + b"\n\n" for e in events[:3])
+    message = reassemble_transcript("chat/completions", good).response["choices"][0]["message"]
+    assert message["content"] == 'Hello\u00e9"\\'
