@@ -266,6 +266,7 @@ def _fold_chat(pieces: list[bytes], done: bool) -> ReassemblyResult | None:
     plain_keys = _PLAIN_CHOICE_KEYS
     loads = orjson.loads
     template: _Template | None = None
+    templates_left = 2  # templates this stream may still build
     top_is_template = False  # the template's values are the latest ones in ``top``
     try:
         for piece in pieces:
@@ -312,12 +313,21 @@ def _fold_chat(pieces: list[bytes], done: bool) -> ReassemblyResult | None:
                             parts = pending.get(index)
                             if parts is not None:
                                 parts.append(content)
+                            elif not _start_pending(choices, pending, index, content):
+                                parts = None
+                            else:
+                                parts = pending[index]
+                            if parts is not None:
                                 if len(raw_choices) == 1:
-                                    template = _Template.of(piece, chunk, raw, index)
-                                continue
-                            if _start_pending(choices, pending, index, content):
-                                if len(raw_choices) == 1:
-                                    template = _Template.of(piece, chunk, raw, index)
+                                    # A plain chunk the template did not describe: its own
+                                    # bytes may, for the chunks after it (a stream whose plain
+                                    # chunks all differ stops paying for templates soon).
+                                    templates_left -= 1
+                                    template = (
+                                        _Template.of(piece, chunk, raw, index)
+                                        if templates_left >= 0
+                                        else None
+                                    )
                                 continue
                     if pending:
                         _join_pending(choices, pending)

@@ -224,3 +224,16 @@ def test_a_template_never_takes_an_event_it_does_not_describe():
     good = b"".join(b"data: " + e + b"\n\n" for e in events[:3])
     message = reassemble_transcript("chat/completions", good).response["choices"][0]["message"]
     assert message["content"] == 'Hello\u00e9"\\'
+
+
+def test_a_stream_whose_plain_chunks_all_differ_still_reassembles_exactly():
+    """Every chunk in its own frame (a server that stamps each one): no template describes the
+    next chunk, templating gives up after a couple, and the answer is the full decoder's."""
+    chunks = [
+        {"id": "c", "created": n, "choices": [{"index": 0, "delta": {"content": f"w{n} "}}]}
+        for n in range(12)
+    ]
+    _assert_chat_stream_matches(chunks, True)
+    data = b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks)
+    message = reassemble_transcript("chat/completions", data).response["choices"][0]["message"]
+    assert message["content"] == "".join(f"w{n} " for n in range(12))
