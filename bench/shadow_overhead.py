@@ -13,7 +13,10 @@ teacher and the student get a core each (CPUs 2 and 3), so the load generator ha
 and the shadow worker one of the idle cores. Each round runs
 ``no-route`` then ``shadow`` (then the other order next round), ``--duration`` seconds each at
 ``-c`` connections, non-streamed and streamed. Reports medians over rounds of p50 and p99, the
-p50 difference, shadow pairs kept, and the peak in flight.
+p50 difference, shadow pairs kept, the peak in flight, and per request the proxy's CPU, the
+shadow worker's CPU, and the proxy's read and write system calls (``/proc/PID/io``: a relay
+that writes each upstream piece on its own, or a shadow pipe that carries frames nobody takes,
+shows there first).
 
     .venv/bin/python bench/shadow_overhead.py --rounds 3 --duration 8
 """
