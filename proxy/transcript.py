@@ -272,17 +272,11 @@ def _fold_chat(pieces: list[bytes], done: bool) -> ReassemblyResult | None:
         for piece in pieces:
             if template is not None:
                 text = template.content(piece)
-                if text is not None:
-                    parts = pending.get(template.index)
-                    if parts is not None:
-                        parts.append(text)
-                    elif not _start_pending(choices, pending, template.index, text):
-                        text = None
-                    if text is not None:
-                        if not top_is_template:
-                            top.update(template.top)
-                            top_is_template = True
-                        continue
+                if text is not None and _add_content(choices, pending, template.index, text):
+                    if not top_is_template:
+                        top.update(template.top)
+                        top_is_template = True
+                    continue
             chunk = loads(piece)
             if chunk.__class__ is not dict:
                 return None
@@ -309,26 +303,20 @@ def _fold_chat(pieces: list[bytes], done: bool) -> ReassemblyResult | None:
                         index = raw.get("index")
                         if index.__class__ is not int:
                             index = 0
-                        if content.__class__ is str:
-                            parts = pending.get(index)
-                            if parts is not None:
-                                parts.append(content)
-                            elif not _start_pending(choices, pending, index, content):
-                                parts = None
-                            else:
-                                parts = pending[index]
-                            if parts is not None:
-                                if len(raw_choices) == 1:
-                                    # A plain chunk the template did not describe: its own
-                                    # bytes may, for the chunks after it (a stream whose plain
-                                    # chunks all differ stops paying for templates soon).
-                                    templates_left -= 1
-                                    template = (
-                                        _Template.of(piece, chunk, raw, index)
-                                        if templates_left >= 0
-                                        else None
-                                    )
-                                continue
+                        if content.__class__ is str and _add_content(
+                            choices, pending, index, content
+                        ):
+                            if len(raw_choices) == 1:
+                                # A plain chunk no template described: its own bytes may
+                                # describe the chunks after it (a stream whose plain chunks
+                                # all differ stops paying for templates soon).
+                                templates_left -= 1
+                                template = (
+                                    _Template.of(piece, chunk, raw, index)
+                                    if templates_left >= 0
+                                    else None
+                                )
+                            continue
                     if pending:
                         _join_pending(choices, pending)
                     _fold_choice(choices, raw, True)
@@ -345,11 +333,15 @@ def _fold_chat(pieces: list[bytes], done: bool) -> ReassemblyResult | None:
     )
 
 
-def _start_pending(
+def _add_content(
     choices: dict[int, _Choice], pending: dict[int, list[str]], index: int, content: str
 ) -> bool:
-    """Start collecting choice ``index``'s content as fragments (False: its content so far is
-    not a string, so the full fold must take this delta)."""
+    """Add ``content`` to choice ``index``'s fragments, starting them when needed (False: its
+    content so far is not a string, so the full fold must take this delta)."""
+    parts = pending.get(index)
+    if parts is not None:
+        parts.append(content)
+        return True
     choice = choices.get(index)
     current = choice.content.get("content") if choice is not None else None
     if current is not None and current.__class__ is not str:
