@@ -11,6 +11,7 @@ callers serialise with orjson, so the same examples always give the same bytes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -143,3 +144,11 @@ def hf_prompt_completion_row(example: Example) -> Row:
     ``completion`` is the captured answer alone, so only it is trained."""
     messages = [hf_message(message) for message in example.messages]
     return {"prompt": messages[:-1], "completion": messages[-1:], "tools": hf_tools(example)}
+
+
+# The row of each format that has one row per example (``openai-dpo`` has one per pair).
+ITEM_ROWS: dict[str, Callable[[Example], Row]] = {
+    "openai-chat": openai_chat_row,
+    "hf": hf_row,
+    "hf-prompt-completion": hf_prompt_completion_row,
+}

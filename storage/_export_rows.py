@@ -48,7 +48,7 @@ async def item_rows(
             progress(done, max(total, done))
         if rows:
             yield rows
-    _raise_if_changed(changed, done, "examples")
+    raise_if_changed(changed, done, "examples")
 
 
 async def pair_rows(
@@ -74,7 +74,7 @@ async def pair_rows(
             progress(done, max(total, done))
         if rows:
             yield rows
-    _raise_if_changed(changed, done, "preference pairs")
+    raise_if_changed(changed, done, "preference pairs")
 
 
 async def rebuild(
@@ -122,7 +122,7 @@ def _score(example: Example) -> float:
     return example.feedback_score if example.feedback_score is not None else 0.0
 
 
-def _raise_if_changed(changed: int, done: int, what: str) -> None:
+def raise_if_changed(changed: int, done: int, what: str) -> None:
     if changed:
         raise DatasetChanged(
             f"{changed} of {done} {what} changed since the dataset was created (captures "

@@ -30,10 +30,12 @@ passing ``features=Features({"messages": List(Json()), "tools": Value("string")}
 messages come back verbatim (the Parquet file carries those features itself).
 
 Exports rebuild every example from its capture (see ``storage._export_rows``) and stream batch
-by batch: memory stays flat whatever the dataset size. The output is a function of the dataset
-and its captures alone (orjson, no timestamps), so identical inputs give identical bytes. An
-export to FILE is written atomically (a temporary file renamed into place, removed on failure,
-including ``DatasetChanged``) and writes its manifest to FILE.manifest.json.
+by batch: memory stays flat whatever the dataset size. A big JSONL export to a file from a
+SQLite store is rendered by worker processes, range by range, and written in order
+(``storage._dataset_workers``). The output is a function of the dataset and its captures alone
+(orjson, no timestamps), so identical inputs give identical bytes. An export to FILE is written
+atomically (a temporary file renamed into place, removed on failure, including
+``DatasetChanged``) and writes its manifest to FILE.manifest.json.
 """
 
 from __future__ import annotations
@@ -50,15 +52,11 @@ from typing import IO, TYPE_CHECKING, Any, Literal, get_args
 
 import orjson
 
-from storage._export_formats import (
-    Row,
-    hf_prompt_completion_row,
-    hf_row,
-    openai_chat_row,
-)
+from storage._dataset_workers import parallel_jsonl, worker_count
+from storage._export_formats import ITEM_ROWS, Row
 from storage._export_formats import hf_message as hf_message  # for the local trainer
 from storage._export_parquet import MissingPyarrow, ParquetRows, check_pyarrow
-from storage._export_rows import ToRow, item_rows, pair_rows
+from storage._export_rows import item_rows, pair_rows, raise_if_changed
 from storage.datasets import SPLITS, Dataset, Progress, Split
 
 if TYPE_CHECKING:
@@ -68,11 +66,6 @@ Format = Literal["openai-chat", "openai-dpo", "hf", "hf-prompt-completion"]
 FORMATS: tuple[Format, ...] = get_args(Format)
 MANIFEST_SUFFIX = ".manifest.json"
 
-_ITEM_ROWS: dict[str, ToRow] = {
-    "openai-chat": openai_chat_row,
-    "hf": hf_row,
-    "hf-prompt-completion": hf_prompt_completion_row,
-}
 _PARQUET_COLUMNS: dict[str, tuple[str, ...]] = {
     "hf": ("messages",),
     "hf-prompt-completion": ("prompt", "completion"),
@@ -115,9 +108,13 @@ async def export_dataset(
     out: Path,
     *,
     progress: Progress | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Write the export to ``out`` and its manifest to ``out`` + ``.manifest.json``; return
     the manifest. Parquet when ``out`` ends in ``.parquet`` (``hf`` formats only), else JSONL.
+
+    A big JSONL export of examples from a SQLite store is rendered by worker processes
+    (``storage._dataset_workers``); ``workers`` sets how many (1: none), None picks.
     """
     out = Path(out)
     parquet = out.suffix.lower() == ".parquet"
@@ -132,13 +129,20 @@ async def export_dataset(
     if not out.parent.is_dir():
         raise ExportError(f"the output folder {str(out.parent)!r} does not exist")
     dataset = await _open(store, name, fmt, split)
-    rows = _rows(store, dataset, fmt, split, progress)
+    path = _sqlite_path(store)
+    count = 1
+    if path is not None and not parquet and fmt in ITEM_ROWS:
+        count = worker_count(_split_total(dataset, split), workers)
     with _replacing(out) as tmp:
         if parquet:
+            rows = _rows(store, dataset, fmt, split, progress)
             lines = await _write_parquet(tmp, rows, _PARQUET_COLUMNS[fmt])
         else:
             with tmp.open("xb") as file:
-                lines = await _write_jsonl(file, rows)
+                if path is not None and count > 1:
+                    lines = await _write_parallel(file, path, dataset, fmt, split, count, progress)
+                else:
+                    lines = await _write_jsonl(file, _rows(store, dataset, fmt, split, progress))
                 _sync(file)
     manifest = _manifest(dataset, fmt, split, out, lines, "parquet" if parquet else "jsonl")
     manifest_path = out.with_name(out.name + MANIFEST_SUFFIX)
@@ -178,7 +182,7 @@ def _rows(
     total = sum(n for s, n in dataset.counts.items() if part is None or s == part)
     if fmt == "openai-dpo":
         return pair_rows(store, dataset.name, part, total=total, progress=progress)
-    return item_rows(store, dataset.name, part, _ITEM_ROWS[fmt], total=total, progress=progress)
+    return item_rows(store, dataset.name, part, ITEM_ROWS[fmt], total=total, progress=progress)
 
 
 def _jsonl(rows: list[Row]) -> bytes:
@@ -191,6 +195,40 @@ async def _write_jsonl(file: IO[bytes], rows: AsyncIterator[list[Row]]) -> int:
         file.write(_jsonl(batch))
         lines += len(batch)
     return lines
+
+
+async def _write_parallel(
+    file: IO[bytes],
+    path: str,
+    dataset: Dataset,
+    fmt: str,
+    split: str | None,
+    workers: int,
+    progress: Progress | None,
+) -> int:
+    part: Split | None = next((s for s in SPLITS if s == split), None)
+    total = _split_total(dataset, split)
+    positions = sum(dataset.counts.values())
+    lines = changed = done = 0
+    async for data, written, gone, seen in parallel_jsonl(
+        path, dataset.name, positions, part, fmt, workers, total=total, progress=progress
+    ):
+        file.write(data)
+        lines += written
+        changed += gone
+        done += seen
+    raise_if_changed(changed, done, "examples")
+    return lines
+
+
+def _split_total(dataset: Dataset, split: str | None) -> int:
+    return sum(n for s, n in dataset.counts.items() if split is None or s == split)
+
+
+def _sqlite_path(store: Store) -> str | None:
+    from storage.sqlite import SQLiteStore
+
+    return store.path if isinstance(store, SQLiteStore) else None
 
 
 async def _write_parquet(

@@ -146,9 +146,13 @@ def load_encoding(name: str, source: Traversable | Path | None = None) -> tiktok
     ranks = {
         base64.b64decode(token): int(rank) for token, rank in map(bytes.split, data.splitlines())
     }
-    return tiktoken.Encoding(
+    encoding = tiktoken.Encoding(
         name, pat_str=spec.pat_str, mergeable_ranks=ranks, special_tokens=dict(spec.special_tokens)
     )
+    # The encoder built its own tables from ``ranks``; the Python dict (kept by tiktoken only
+    # to pickle the encoding, which we never do) would hold another 26 MB for o200k_base.
+    ranks.clear()
+    return encoding
 
 
 _loaded: dict[str, tiktoken.Encoding] = {}

@@ -394,3 +394,66 @@ def test_near_duplicates_and_the_token_limit(store_url: str) -> None:
     assert exact.rejected == {"too_long": 1}
     assert near.rejected == {"near_duplicate": 1, "too_long": 1}
     assert sum(near.counts.values()) == 2
+
+
+# -- exports rendered by worker processes (storage._dataset_workers) ---------------------------
+
+
+def export_with(db: str, name: str, fmt: str, split: str | None, out: Path, workers: int) -> Any:
+    async def run() -> Any:
+        async with open_store(str(db)) as store:
+            return await export_dataset(store, name, fmt, split, out, workers=workers)
+
+    return anyio.run(run)
+
+
+def test_worker_processes_export_the_same_bytes(
+    traffic_db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from storage import _dataset_workers
+
+    db, _ = traffic_db
+    monkeypatch.setattr(_dataset_workers, "CHUNK", 3)  # many small ranges, out of step with splits
+    # every capture: chat, tool calls, Responses chains (rebuilt by the workers too), rejections
+    dataset = build(db, DatasetSpec(name="workers-v1", where=CaptureFilter(), validation=0.3))
+    assert dataset.counts["validation"] > 0
+    cases = [(fmt, None) for fmt in ("openai-chat", "hf", "hf-prompt-completion")]
+    cases += [("openai-chat", "validation")]
+    for fmt, split in cases:
+        one, many = tmp_path / f"{fmt}-{split}-1.jsonl", tmp_path / f"{fmt}-{split}-2.jsonl"
+        first = export_with(db, "workers-v1", fmt, split, one, workers=1)
+        second = export_with(db, "workers-v1", fmt, split, many, workers=2)
+        assert many.read_bytes() == one.read_bytes(), (fmt, split)
+        assert second["lines"] == first["lines"] > 0
+        assert second["file"] == {**first["file"], "name": many.name}
+
+
+def test_worker_processes_refuse_a_changed_dataset(tmp_path: Path) -> None:
+    from storage.datasets import DatasetChanged
+
+    db = str(tmp_path / "store.db")
+    records = [chat_record(f"question {i}", f"answer {i}", 1000.0 + i) for i in range(40)]
+    out = tmp_path / "train.jsonl"
+
+    async def run() -> None:
+        async with open_store(db) as store:
+            await store.migrate()
+            await store.write_batch(records)
+            await create_dataset(store, DatasetSpec(name="changing", validation=0.0))
+            await store.update_capture(records[7].id, CapturePatch(excluded=True))
+            await store.delete_capture(records[31].id)
+            with pytest.raises(DatasetChanged, match="2 of 40 examples changed"):
+                await export_dataset(store, "changing", "openai-chat", "train", out, workers=2)
+
+    anyio.run(run)
+    assert not out.exists()
+    assert list(tmp_path.glob("*.jsonl*")) == []
+
+
+def test_small_exports_stay_in_process() -> None:
+    from storage._dataset_workers import MIN_PARALLEL, worker_count
+
+    assert worker_count(MIN_PARALLEL - 1, None) == 1
+    assert 1 <= worker_count(MIN_PARALLEL, None) <= 4
+    assert worker_count(10, 3) == 3
+    assert worker_count(10, 0) == 1
