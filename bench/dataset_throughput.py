@@ -12,7 +12,7 @@ second, peak memory under 300 MB.
 
 The export runs in a process of its own, as ``stillroom datasets export`` does after
 ``stillroom datasets create``; ``--one-process`` exports in the process that created, which
-still holds the builder's memory and the tokenizer. ``--workers N`` sets the export's worker
+still holds the builder's memory and the tokenizer. ``--workers N`` sets each step's worker
 processes (1: in process; default: the automatic choice). Each run creates a dataset with a
 fresh name; ``--keep`` keeps it (by default it is deleted at the end).
 """
@@ -87,7 +87,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", type=Path, default=Path("bench/out/query-latency.db"))
     parser.add_argument("--keep", action="store_true", help="keep the dataset afterwards")
-    parser.add_argument("--workers", type=int, default=None, help="export worker processes")
+    parser.add_argument("--workers", type=int, default=None, help="worker processes per step")
     parser.add_argument("--export-only", metavar="NAME", help="only export dataset NAME")
     parser.add_argument(
         "--one-process", action="store_true", help="export in the process that created"
@@ -112,21 +112,20 @@ async def create_and_export(store: SQLiteStore, args: argparse.Namespace) -> Non
     print(f"store: {captures:,} captures; start RSS peak {peak_mb():.0f} MB", flush=True)
     tree = TreeMemory()
     started = time.perf_counter()
-    dataset = await create_dataset(store, DatasetSpec(name=name, where=CaptureFilter()))
+    dataset = await create_dataset(
+        store, DatasetSpec(name=name, where=CaptureFilter()), workers=args.workers
+    )
     create_s = time.perf_counter() - started
     print(
         f"create: {dataset.considered:,} captures -> {sum(dataset.counts.values()):,} examples"
         f" in {create_s:.1f} s = {dataset.considered / create_s:,.0f} captures/s;"
-        f" peak RSS {peak_mb():.0f} MB (one process); rejected {dataset.rejected}",
+        f" peak RSS {peak_mb():.0f} MB, with its worker processes {tree.stop():.0f} MB;"
+        f" rejected {dataset.rejected}",
         flush=True,
     )
     try:
         if args.one_process:
             await export_step(store, name, args.workers)
-            print(
-                f"peak RSS over both steps in one process: {peak_mb():.0f} MB, with its worker"
-                f" processes {tree.stop():.0f} MB (target < 300 MB)"
-            )
         else:
             # As `stillroom datasets create` and `... export` run: each step its own process.
             command = [sys.executable, __file__, "--db", str(args.db), "--export-only", name]

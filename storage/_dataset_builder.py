@@ -1,7 +1,9 @@
 """The streaming state of one dataset build (private to ``storage.datasets``).
 
-``Builder.add`` judges one capture: the example's gates, exact and near duplicates, the token
-limit and the split (with the leakage rule for a holdout by time); items and preference pairs
+``judge`` turns one capture into a compact verdict (the example's gates and token counts, in
+this process or in a worker process: ``storage._dataset_workers``); ``Builder.accept`` takes the
+verdicts in stored order: exact and near duplicates, the token limit and the split (with the
+leakage rule for a holdout by time); items and preference pairs
 are handed out in batches (``take``) so a build of any size keeps only compact sets of hashes
 and the token counts in memory.
 """
@@ -14,7 +16,10 @@ import math
 import time
 from array import array
 from collections import Counter
+from collections.abc import Container
+from typing import NamedTuple
 
+from storage._keyset import KeySet
 from storage.datasets import (
     SPLITS,
     Dataset,
@@ -33,6 +38,70 @@ from storage.tokens import count_answer, count_example
 BATCH = 500  # captures read, judged and stored per step
 
 
+class Judged(NamedTuple):
+    """A capture's example reduced to what the builder keeps of it (a worker process sends
+    these: ``storage._dataset_workers``)."""
+
+    capture_id: str
+    created_at: float
+    content_hash: str
+    prompt_hash: str
+    near_key: str | None  # only for near-duplicate dedupe
+    size: int  # tokens of the whole example
+    answer_tokens: int
+    correction: bool  # an operator's correction with the teacher's answer: a preference pair
+    feedback_score: float | None
+
+
+class Rejected(NamedTuple):
+    reason: str  # one of storage.examples.REASONS
+    negative: tuple[str, str] | None = None  # negative feedback: (prompt hash, capture id)
+
+
+Verdict = Judged | Rejected
+
+
+def judge(
+    stored: StoredCapture,
+    chain: list[StoredCapture] | None,
+    *,
+    near: bool = False,
+    seen: Container[int] | None = None,
+    seen_near: Container[int] | None = None,
+) -> Verdict:
+    """One capture's verdict: the example's gates and its token counts.
+
+    ``seen`` and ``seen_near`` (the builder's, when it judges in process) skip the counting of
+    an example already known to be a duplicate; ``seen_near`` (or ``near``) asks for the near
+    key. Pure: the same capture gives the same verdict in any process.
+    """
+    built = build_example(stored, chain)
+    if isinstance(built, Rejection):
+        negative = None
+        if built.reason == "negative_feedback":
+            other = build_example(stored, chain, ignore_feedback=True)
+            if isinstance(other, Example):
+                negative = (other.prompt_hash, other.capture_id)
+        return Rejected(built.reason, negative)
+    if seen is not None and int(built.content_hash[:16], 16) in seen:
+        return Rejected("duplicate")
+    near_key = built.near_key if near or seen_near is not None else None
+    if seen_near is not None and near_key is not None and int(near_key[:16], 16) in seen_near:
+        return Rejected("near_duplicate")
+    model = built.model
+    return Judged(
+        built.capture_id,
+        built.created_at,
+        built.content_hash,
+        built.prompt_hash,
+        near_key,
+        count_example(built.messages, built.tools, model),
+        count_answer(built.messages[-1], model),
+        built.corrected and built.original_answer is not None,
+        built.feedback_score,
+    )
+
+
 class Builder:
     """The streaming state of one dataset build: gates, dedupe, splits, pairs, statistics."""
 
@@ -44,9 +113,11 @@ class Builder:
         self.pairs: list[DatasetPair] = []
         self.pair_position = 0
         self.rejected: Counter[str] = Counter()
-        self.seen_content: set[int] = set()
-        self.seen_near: set[int] = set()
-        self.prompts_by_split: dict[str, set[int]] = {"holdout": set(), "other": set()}
+        # 64-bit keys of every example kept (and of prompts, for a holdout by time): compact
+        # sets, since a build keeps them for every capture it reads
+        self.seen_content = KeySet()
+        self.seen_near = KeySet()
+        self.prompts_by_split = {"holdout": KeySet(), "other": KeySet()}
         self.leakage_removed = 0
         self.tokens: dict[str, array[int]] = {split: array("l") for split in SPLITS}
         self.answer_tokens: dict[str, int] = dict.fromkeys(SPLITS, 0)
@@ -58,51 +129,47 @@ class Builder:
         within = 1 - spec.holdout if cutoff is not None else 1.0
         self.validation_share = spec.validation / within if within > 0 else 0.0
 
-    def add(self, stored: StoredCapture, chain: list[StoredCapture] | None) -> None:
-        built = build_example(stored, chain)
-        if isinstance(built, Rejection):
-            self.rejected[built.reason] += 1
-            if built.reason == "negative_feedback":
-                other = build_example(stored, chain, ignore_feedback=True)
-                if isinstance(other, Example):
-                    self.negative.setdefault(other.prompt_hash, other.capture_id)
+    def accept(self, verdict: Verdict) -> None:
+        """Take one capture's verdict, in stored order: duplicates, the token limit, the split."""
+        if isinstance(verdict, Rejected):
+            self.rejected[verdict.reason] += 1
+            if verdict.negative is not None:
+                self.negative.setdefault(*verdict.negative)
             return
-        example = built
-        content = int(example.content_hash[:16], 16)
+        content = int(verdict.content_hash[:16], 16)
         if content in self.seen_content:
             self.rejected["duplicate"] += 1
             return
-        if self.spec.dedupe == "near":
-            near = int(example.near_key[:16], 16)
+        near: int | None = None
+        if verdict.near_key is not None:
+            near = int(verdict.near_key[:16], 16)
             if near in self.seen_near:
                 self.rejected["near_duplicate"] += 1
                 return
-        model = example.model
-        size = count_example(example.messages, example.tools, model)
-        if size > self.spec.max_tokens:
+        if verdict.size > self.spec.max_tokens:
             self.rejected["too_long"] += 1
             return
-        split = self._split(example)
+        split = self._split(verdict)
         if split is None:
             self.rejected["leakage"] += 1
             self.leakage_removed += 1
             return
         self.seen_content.add(content)
-        if self.spec.dedupe == "near":
-            self.seen_near.add(int(example.near_key[:16], 16))
-        self.tokens[split].append(size)
-        self.answer_tokens[split] += count_answer(example.messages[-1], model)
-        self.digest.update(f"{split}:{example.content_hash}\n".encode())
+        if near is not None:
+            self.seen_near.add(near)
+        self.tokens[split].append(verdict.size)
+        self.answer_tokens[split] += verdict.answer_tokens
+        self.digest.update(f"{split}:{verdict.content_hash}\n".encode())
         self.items.append(
-            DatasetItem(self.position, example.capture_id, split, example.content_hash)
+            DatasetItem(self.position, verdict.capture_id, split, verdict.content_hash)
         )
         self.position += 1
-        if example.corrected and example.original_answer is not None:
-            self._pair(split, "correction", example.capture_id, example.capture_id)
-        if example.feedback_score is not None and example.feedback_score > 0:
-            self.positive.setdefault(example.prompt_hash, (example.capture_id, split))
+        if verdict.correction:
+            self._pair(split, "correction", verdict.capture_id, verdict.capture_id)
+        if verdict.feedback_score is not None and verdict.feedback_score > 0:
+            self.positive.setdefault(verdict.prompt_hash, (verdict.capture_id, split))
 
-    def _split(self, example: Example) -> Split | None:
+    def _split(self, example: Judged) -> Split | None:
         """The example's split; None when keeping it would leak a prompt across splits."""
         spec = self.spec
         share = int(example.prompt_hash[:8], 16) / 2**32

@@ -1,18 +1,23 @@
-"""Big SQLite exports rendered by worker processes, in parallel (storage.export; private).
+"""Big SQLite datasets built and exported by worker processes, in parallel (private).
 
-Rebuilding an example from its capture is pure Python and holds the GIL, so one process
-renders one core's worth. For a dataset of at least ``MIN_PARALLEL`` items in a SQLite store,
-``parallel_jsonl`` splits the items into ranges of ``CHUNK`` positions and has worker processes
-render them: each worker opens the database itself (a read-only connection, like the store's
-reader), rebuilds and checks each example exactly as ``storage._export_rows`` does, and returns
-the range's JSONL bytes. The parent writes the ranges in position order, so the output is
-byte for byte the one-process export; at most two ranges per worker are in flight, so memory
-stays flat.
+Judging a capture (its example, gates and token counts) and rendering an export line are pure
+Python that holds the GIL, so one process does one core's worth. For a SQLite store and at least
+``MIN_PARALLEL`` captures (or items), the work is split into ranges, and worker processes do
+them: each opens the database itself (a read-only connection, like the store's reader) and
+returns a range's results; the parent takes them in order, so the outcome is byte for byte the
+one-process one. At most two ranges per worker are in flight, so memory stays flat.
+
+* ``parallel_verdicts`` (``create_dataset``): ranges of ``SEQ_CHUNK`` capture sequence numbers;
+  a worker reads the captures of its range that match the filter and judges each
+  (``storage._dataset_builder.judge``: gates, hashes, tiktoken counts); the parent's builder
+  does what needs every capture (duplicates, splits, pairs) and writes the snapshot.
+* ``parallel_jsonl`` (``export_dataset``): ranges of ``CHUNK`` item positions; a worker
+  rebuilds and checks each example exactly as ``storage._export_rows`` does and returns the
+  range's JSONL.
 
 Workers are started with ``spawn`` (no state inherited from a parent that runs threads) and
-lower their scheduling priority (``WORKER_NICE``), so an export running beside a serving
-proxy yields the CPU to it. Postgres exports, the streamed admin export and Parquet stay in
-one process.
+lower their scheduling priority (``WORKER_NICE``), so work running beside a serving proxy
+yields the CPU to it. Postgres, the streamed admin export and Parquet stay in one process.
 """
 
 from __future__ import annotations
@@ -23,32 +28,47 @@ import multiprocessing
 import os
 import sqlite3
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
+from storage import _sqlite_search
+from storage._dataset_builder import Verdict, judge
 from storage._export_formats import ITEM_ROWS
 from storage._sqlite_datasets import dataset_row, items
-from storage._sqlite_read import chain, read_snapshot
+from storage._sqlite_read import chain, decode_rows, read_snapshot, run_query, select_sql
 from storage.datasets import Progress
 from storage.examples import Example, build_example
-from storage.query import StoredCapture
+from storage.query import CaptureFilter, StoredCapture
+
+if TYPE_CHECKING:
+    from storage.base import Store
+
+T = TypeVar("T")
 
 MIN_PARALLEL = 20_000  # items: below this, starting workers costs more than they save
 MAX_WORKERS = 4
 CHUNK = 1_000  # positions per task: a worker holds one range's rows, the parent 2 per worker
+SEQ_CHUNK = 2_000  # capture sequence numbers per task
 BATCH = 500  # items read per query inside a task
 WORKER_NICE = 10
 BUSY_TIMEOUT_MS = 5_000
 
 
-def worker_count(items: int, workers: int | None) -> int:
-    """How many worker processes an export of ``items`` items uses (1: none, in process).
+def sqlite_path(store: Store) -> str | None:
+    """The database file of a SQLite store (the workers open it); None for any other store."""
+    from storage.sqlite import SQLiteStore
 
-    ``workers`` None picks: one per CPU up to ``MAX_WORKERS`` for ``MIN_PARALLEL`` items or
-    more, else in process."""
+    return store.path if isinstance(store, SQLiteStore) else None
+
+
+def worker_count(items: int, workers: int | None) -> int:
+    """How many worker processes a job of ``items`` captures or items uses (1: in process).
+
+    ``workers`` None picks: one per CPU up to ``MAX_WORKERS`` for ``MIN_PARALLEL`` or more,
+    else in process."""
     if workers is not None:
         return max(1, workers)
     if items < MIN_PARALLEL:
@@ -69,6 +89,32 @@ async def parallel_jsonl(
 ) -> AsyncIterator[tuple[bytes, int, int, int]]:
     """``(jsonl, lines, changed items, items seen)`` per range of the positions
     ``0 .. positions - 1`` of dataset ``name``, in order."""
+    done = 0
+    tasks = (
+        (name, split, fmt, start, min(positions, start + CHUNK))
+        for start in range(0, positions, CHUNK)
+    )
+    async for found in _in_order(path, workers, export_range, tasks):
+        done += found[3]
+        if progress is not None:
+            progress(done, max(total, done))
+        yield found
+
+
+async def parallel_verdicts(
+    path: str, where: CaptureFilter, near: bool, workers: int
+) -> AsyncIterator[list[Verdict]]:
+    """The verdicts of the captures matching ``where``, in stored order, one list per range."""
+    last = await asyncio.to_thread(_last_seq, path)
+    tasks = ((where, near, start, start + SEQ_CHUNK) for start in range(0, last + 1, SEQ_CHUNK))
+    async for verdicts in _in_order(path, workers, judge_range, tasks):
+        yield verdicts
+
+
+async def _in_order(
+    path: str, workers: int, fn: Callable[..., T], tasks: Iterator[tuple[Any, ...]]
+) -> AsyncIterator[T]:
+    """``fn(*task)`` for each task on a pool of worker processes, results in task order."""
     loop = asyncio.get_running_loop()
     pool = ProcessPoolExecutor(
         workers,
@@ -76,30 +122,34 @@ async def parallel_jsonl(
         initializer=_start,
         initargs=(path,),
     )
-    starts = iter(range(0, positions, CHUNK))
-    running: deque[asyncio.Future[tuple[bytes, int, int, int]]] = deque()
+    running: deque[asyncio.Future[T]] = deque()
 
     def submit() -> None:
-        start = next(starts, None)
-        if start is not None:
-            end = min(positions, start + CHUNK)
-            running.append(loop.run_in_executor(pool, export_range, name, split, fmt, start, end))
+        task = next(tasks, None)
+        if task is not None:
+            running.append(loop.run_in_executor(pool, fn, *task))
 
-    done = 0
     try:
         for _ in range(2 * workers):
             submit()
         while running:
             found = await running.popleft()
             submit()
-            done += found[3]
-            if progress is not None:
-                progress(done, max(total, done))
             yield found
     finally:
         for future in running:
             future.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _last_seq(path: str) -> int:
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA query_only = ON")
+        row = conn.execute("SELECT max(seq) FROM captures").fetchone()
+    finally:
+        conn.close()
+    return int(row[0]) if row and row[0] is not None else 0
 
 
 # -- in the worker process ------------------------------------------------------------------------
@@ -164,3 +214,43 @@ def _rebuild(conn: sqlite3.Connection, stored: StoredCapture | None) -> Example 
         links = found[0] if found is not None else None
     built = build_example(stored, links)
     return built if isinstance(built, Example) else None
+
+
+def judge_range(where: CaptureFilter, near: bool, start: int, end: int) -> list[Verdict]:
+    """The verdicts of the captures matching ``where`` with ``start <= seq < end``, in order."""
+    conn = _conn
+    if conn is None:
+        raise RuntimeError("dataset worker used before it started")
+    verdicts: list[Verdict] = []
+    after = start - 1
+    while after < end - 1:
+        limit = min(BATCH, end - 1 - after)
+        found, more, last = read_snapshot(conn, _captures_in, where, after, limit, end)
+        for stored in found:
+            links = None
+            if stored.record.previous_response_id is not None:
+                linked = read_snapshot(conn, chain, stored.record.id)
+                links = linked[0] if linked is not None else None
+            verdicts.append(judge(stored, links, near=near))
+        if not more:
+            break
+        after = last
+    return verdicts
+
+
+def _captures_in(
+    conn: sqlite3.Connection, where: CaptureFilter, after: int, limit: int, end: int
+) -> tuple[list[StoredCapture], bool, int]:
+    """Up to ``limit`` captures matching ``where`` with ``after < seq < end``, whether more of
+    the range may follow, and the last one's seq (one read transaction)."""
+    sql, params = select_sql(
+        where,
+        order="asc",
+        limit=limit,
+        search_parts=_sqlite_search.partitions(conn),
+        after_seq=after,
+    )
+    rows = run_query(conn, sql, params)
+    inside = [row for row in rows if row[0] < end]
+    more = len(inside) == len(rows) == limit
+    return decode_rows(conn, inside), more, (inside[-1][0] if inside else after)

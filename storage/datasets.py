@@ -16,13 +16,14 @@ example whose prompt also occurs in train or validation is dropped (``leakage``)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from storage.query import CaptureFilter, QueryError, filter_json, parse_filter
 
 if TYPE_CHECKING:
+    from storage._dataset_builder import Builder, Verdict
     from storage.base import Store
 
 Split = Literal["train", "validation", "holdout"]
@@ -156,34 +157,44 @@ Progress = Callable[[int, int], None]  # (captures done, captures to do)
 
 
 async def create_dataset(
-    store: Store, spec: DatasetSpec, *, progress: Progress | None = None
+    store: Store,
+    spec: DatasetSpec,
+    *,
+    progress: Progress | None = None,
+    workers: int | None = None,
 ) -> Dataset:
     """Build and publish the dataset ``spec`` describes (see the module docstring).
 
     Raises ``DatasetExists`` if the name is taken and ``QueryError`` for a bad filter; a
-    failure part way leaves nothing behind.
+    failure part way leaves nothing behind. Captures of a big build from a SQLite store are
+    judged by worker processes (``storage._dataset_workers``); ``workers`` sets how many (1:
+    none), None picks. The dataset is the same either way.
     """
     check_name(spec.name)
     total = await store.count(spec.where)
     cutoff = None
     if spec.holdout_by == "time" and spec.holdout > 0:
         cutoff = await store.time_quantile(spec.where, 1 - spec.holdout)
-    from storage._dataset_builder import BATCH, Builder
+    from storage._dataset_builder import Builder
+    from storage._dataset_workers import sqlite_path, worker_count
 
     handle = await store.begin_dataset(spec.name)
     try:
         builder = Builder(spec, cutoff)
         done = 0
-        async for batch in store.iter_captures(spec.where, batch=BATCH):
-            for stored in batch:
-                chain = None
-                if stored.record.previous_response_id is not None:
-                    conversation = await store.conversation(stored.record.id)
-                    chain = conversation.captures if conversation else None
-                builder.add(stored, chain)
+        path = sqlite_path(store)
+        count = worker_count(total, workers) if path is not None else 1
+        batches = (
+            _judged_by_workers(path, spec, count)
+            if path is not None and count > 1
+            else _judged_here(store, spec, builder)
+        )
+        async for verdicts in batches:
+            for verdict in verdicts:
+                builder.accept(verdict)
             items, pairs = builder.take()
             await store.add_dataset_items(handle, items, pairs)
-            done += len(batch)
+            done += len(verdicts)
             if progress is not None:
                 progress(done, max(total, done))
         items, pairs = builder.finish()
@@ -194,6 +205,34 @@ async def create_dataset(
         await store.abort_dataset(handle)
         raise
     return dataset
+
+
+async def _judged_here(
+    store: Store, spec: DatasetSpec, builder: Builder
+) -> AsyncIterator[list[Verdict]]:
+    """The verdicts of the captures ``spec`` selects, judged in this process, batch by batch."""
+    from storage._dataset_builder import BATCH, judge
+
+    near = builder.seen_near if spec.dedupe == "near" else None
+    async for batch in store.iter_captures(spec.where, batch=BATCH):
+        verdicts: list[Verdict] = []
+        for stored in batch:
+            chain = None
+            if stored.record.previous_response_id is not None:
+                conversation = await store.conversation(stored.record.id)
+                chain = conversation.captures if conversation else None
+            # The builder has taken every earlier verdict: a known duplicate is not counted.
+            verdicts.append(judge(stored, chain, seen=builder.seen_content, seen_near=near))
+        yield verdicts
+
+
+async def _judged_by_workers(
+    path: str, spec: DatasetSpec, workers: int
+) -> AsyncIterator[list[Verdict]]:
+    from storage._dataset_workers import parallel_verdicts
+
+    async for verdicts in parallel_verdicts(path, spec.where, spec.dedupe == "near", workers):
+        yield verdicts
 
 
 _SPEC_FIELDS = (

@@ -52,7 +52,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal, get_args
 
 import orjson
 
-from storage._dataset_workers import parallel_jsonl, worker_count
+from storage._dataset_workers import parallel_jsonl, sqlite_path, worker_count
 from storage._export_formats import ITEM_ROWS, Row
 from storage._export_formats import hf_message as hf_message  # for the local trainer
 from storage._export_parquet import MissingPyarrow, ParquetRows, check_pyarrow
@@ -129,7 +129,7 @@ async def export_dataset(
     if not out.parent.is_dir():
         raise ExportError(f"the output folder {str(out.parent)!r} does not exist")
     dataset = await _open(store, name, fmt, split)
-    path = _sqlite_path(store)
+    path = sqlite_path(store)
     count = 1
     if path is not None and not parquet and fmt in ITEM_ROWS:
         count = worker_count(_split_total(dataset, split), workers)
@@ -223,12 +223,6 @@ async def _write_parallel(
 
 def _split_total(dataset: Dataset, split: str | None) -> int:
     return sum(n for s, n in dataset.counts.items() if split is None or s == split)
-
-
-def _sqlite_path(store: Store) -> str | None:
-    from storage.sqlite import SQLiteStore
-
-    return store.path if isinstance(store, SQLiteStore) else None
 
 
 async def _write_parquet(

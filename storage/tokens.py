@@ -31,6 +31,7 @@ import base64
 import functools
 import gzip
 import hashlib
+import io
 import threading
 from dataclasses import dataclass
 from importlib import resources
@@ -143,9 +144,11 @@ def load_encoding(name: str, source: Traversable | Path | None = None) -> tiktok
             f"encoding file {path} is not tiktoken's {name}: sha256 {digest}, expected "
             f"{spec.sha256}; rebuild it with scripts/encodings.py"
         )
+    # Line by line, not data.splitlines(): a list of every line would add ~10 MB to the peak.
     ranks = {
-        base64.b64decode(token): int(rank) for token, rank in map(bytes.split, data.splitlines())
+        base64.b64decode(token): int(rank) for token, rank in map(bytes.split, io.BytesIO(data))
     }
+    del data
     encoding = tiktoken.Encoding(
         name, pat_str=spec.pat_str, mergeable_ranks=ranks, special_tokens=dict(spec.special_tokens)
     )

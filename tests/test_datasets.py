@@ -457,3 +457,97 @@ def test_small_exports_stay_in_process() -> None:
     assert 1 <= worker_count(MIN_PARALLEL, None) <= 4
     assert worker_count(10, 3) == 3
     assert worker_count(10, 0) == 1
+
+
+# -- datasets judged by worker processes --------------------------------------------------------
+
+
+def snapshot_of(db: str, name: str) -> tuple[Any, list[Any], list[Any]]:
+    """A dataset as stored, without its name and time: info, items, pairs."""
+
+    async def run() -> tuple[Any, list[Any], list[Any]]:
+        async with open_store(str(db)) as store:
+            dataset = await store.get_dataset(name)
+            assert dataset is not None
+            info = {k: v for k, v in dataset.to_json().items() if k not in ("name", "created_at")}
+            info["spec"] = {k: v for k, v in info["spec"].items() if k != "name"}
+            items = [
+                (i.position, i.capture_id, i.split, i.content_hash)
+                async for batch in store.dataset_items(name)
+                for i, _ in batch
+            ]
+            pairs = [
+                (p.position, p.split, p.kind, p.preferred_id, p.rejected_id)
+                async for batch in store.dataset_pairs(name)
+                for p, _, _ in batch
+            ]
+            return info, items, pairs
+
+    return anyio.run(run)
+
+
+def create_with(db: str, spec: DatasetSpec, workers: int) -> Any:
+    async def run() -> Any:
+        async with open_store(str(db)) as store:
+            return await create_dataset(store, spec, workers=workers)
+
+    return anyio.run(run)
+
+
+def test_worker_processes_build_the_same_dataset(
+    traffic_db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from storage import _dataset_workers
+
+    db, _ = traffic_db
+    monkeypatch.setattr(_dataset_workers, "SEQ_CHUNK", 3)  # ranges that split chains and batches
+    for holdout_by in ("hash", "time"):
+        spec = {"validation": 0.2, "holdout": 0.2, "holdout_by": holdout_by, "dedupe": "near"}
+        one = create_with(db, DatasetSpec(name=f"one-{holdout_by}", **spec), workers=1)
+        many = create_with(db, DatasetSpec(name=f"many-{holdout_by}", **spec), workers=2)
+        assert many.content_hash == one.content_hash
+        assert snapshot_of(db, f"many-{holdout_by}") == snapshot_of(db, f"one-{holdout_by}")
+        assert one.considered == 22  # every capture, Responses chains included
+
+
+def test_worker_processes_judge_gates_pairs_and_limits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from storage import _dataset_workers
+
+    monkeypatch.setattr(_dataset_workers, "SEQ_CHUNK", 7)
+    db = str(tmp_path / "store.db")
+    records = [chat_record(f"question {i % 23}", f"answer {i % 31}", 1000.0 + i) for i in range(90)]
+    records += [chat_record("Where is order 12?", "Shipped.", 2000.0)]
+    records += [chat_record(" where IS order 99? ", "Shipped.", 2001.0)]
+    records += [chat_record("word " * 400, "long", 2002.0)]
+    records += [chat_record("question 10", "answer 10", 3000.0 + i) for i in range(3)]
+    patches = {
+        3: CapturePatch(feedback_score=1.0),
+        26: CapturePatch(feedback_score=-1.0),  # same prompt as 3: a feedback pair
+        5: CapturePatch(corrected_response={"role": "assistant", "content": "Better."}),
+        8: CapturePatch(excluded=True),
+    }
+
+    async def run() -> None:
+        async with open_store(db) as store:
+            await store.migrate()
+            await store.write_batch(records)
+            for index, patch in patches.items():
+                await store.update_capture(records[index].id, patch)
+
+    anyio.run(run)
+    for dedupe in ("exact", "near"):
+        spec = {"validation": 0.3, "holdout": 0.1, "dedupe": dedupe, "max_tokens": 200}
+        one = create_with(db, DatasetSpec(name=f"one-{dedupe}", **spec), workers=1)
+        many = create_with(db, DatasetSpec(name=f"many-{dedupe}", **spec), workers=3)
+        assert one.rejected["too_long"] == 1 and one.rejected["excluded"] == 1
+        assert one.rejected["negative_feedback"] == 1
+        assert many.content_hash == one.content_hash
+        info, items, pairs = snapshot_of(db, f"many-{dedupe}")
+        assert (info, items, pairs) == snapshot_of(db, f"one-{dedupe}")
+        if dedupe == "exact":
+            assert one.rejected["duplicate"] > 0
+            assert {kind for _, _, kind, _, _ in pairs} == {"correction", "feedback"}
+        else:
+            assert one.rejected["near_duplicate"] > 0
