@@ -30,6 +30,7 @@ import sqlite3
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
@@ -40,6 +41,7 @@ from storage._export_formats import ITEM_ROWS
 from storage._sqlite_datasets import dataset_row, items
 from storage._sqlite_read import chain, decode_rows, read_snapshot, run_query, select_sql
 from storage.datasets import Progress
+from storage.errors import StoreError
 from storage.examples import Example, build_example
 from storage.query import CaptureFilter, StoredCapture
 
@@ -49,7 +51,10 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 MIN_PARALLEL = 20_000  # items: below this, starting workers costs more than they save
-MAX_WORKERS = 4
+# Workers per job when none is asked for: one per CPU, within ~300 MB for the whole job. A
+# build worker holds the tokenizer (~80-105 MB each); an export worker ~60 MB.
+MAX_BUILD_WORKERS = 2
+MAX_EXPORT_WORKERS = 3
 CHUNK = 1_000  # positions per task: a worker holds one range's rows, the parent 2 per worker
 SEQ_CHUNK = 2_000  # capture sequence numbers per task
 BATCH = 500  # items read per query inside a task
@@ -64,16 +69,16 @@ def sqlite_path(store: Store) -> str | None:
     return store.path if isinstance(store, SQLiteStore) else None
 
 
-def worker_count(items: int, workers: int | None) -> int:
+def worker_count(items: int, workers: int | None, most: int) -> int:
     """How many worker processes a job of ``items`` captures or items uses (1: in process).
 
-    ``workers`` None picks: one per CPU up to ``MAX_WORKERS`` for ``MIN_PARALLEL`` or more,
-    else in process."""
+    ``workers`` None picks: one per CPU, at most ``most``, for ``MIN_PARALLEL`` or more, else
+    in process."""
     if workers is not None:
         return max(1, workers)
     if items < MIN_PARALLEL:
         return 1
-    return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+    return max(1, min(most, os.cpu_count() or 1))
 
 
 async def parallel_jsonl(
@@ -133,7 +138,12 @@ async def _in_order(
         for _ in range(2 * workers):
             submit()
         while running:
-            found = await running.popleft()
+            try:
+                found = await running.popleft()
+            except BrokenProcessPool as exc:  # a worker was killed (out of memory?) or crashed
+                raise StoreError(f"a dataset worker process stopped: {exc}") from None
+            except sqlite3.Error as exc:
+                raise StoreError(f"a dataset worker could not read {path}: {exc}") from None
             submit()
             yield found
     finally:

@@ -176,14 +176,14 @@ async def create_dataset(
     if spec.holdout_by == "time" and spec.holdout > 0:
         cutoff = await store.time_quantile(spec.where, 1 - spec.holdout)
     from storage._dataset_builder import Builder
-    from storage._dataset_workers import sqlite_path, worker_count
+    from storage._dataset_workers import MAX_BUILD_WORKERS, sqlite_path, worker_count
 
     handle = await store.begin_dataset(spec.name)
     try:
         builder = Builder(spec, cutoff)
         done = 0
         path = sqlite_path(store)
-        count = worker_count(total, workers) if path is not None else 1
+        count = worker_count(total, workers, MAX_BUILD_WORKERS) if path is not None else 1
         batches = (
             _judged_by_workers(path, spec, count)
             if path is not None and count > 1

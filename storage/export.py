@@ -52,7 +52,12 @@ from typing import IO, TYPE_CHECKING, Any, Literal, get_args
 
 import orjson
 
-from storage._dataset_workers import parallel_jsonl, sqlite_path, worker_count
+from storage._dataset_workers import (
+    MAX_EXPORT_WORKERS,
+    parallel_jsonl,
+    sqlite_path,
+    worker_count,
+)
 from storage._export_formats import ITEM_ROWS, Row
 from storage._export_formats import hf_message as hf_message  # for the local trainer
 from storage._export_parquet import MissingPyarrow, ParquetRows, check_pyarrow
@@ -132,7 +137,7 @@ async def export_dataset(
     path = sqlite_path(store)
     count = 1
     if path is not None and not parquet and fmt in ITEM_ROWS:
-        count = worker_count(_split_total(dataset, split), workers)
+        count = worker_count(_split_total(dataset, split), workers, MAX_EXPORT_WORKERS)
     with _replacing(out) as tmp:
         if parquet:
             rows = _rows(store, dataset, fmt, split, progress)

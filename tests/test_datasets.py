@@ -10,6 +10,7 @@ the proxy's own SQLite file, exported in every format and checked.
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -450,13 +451,14 @@ def test_worker_processes_refuse_a_changed_dataset(tmp_path: Path) -> None:
     assert list(tmp_path.glob("*.jsonl*")) == []
 
 
-def test_small_exports_stay_in_process() -> None:
+def test_small_jobs_stay_in_process() -> None:
     from storage._dataset_workers import MIN_PARALLEL, worker_count
 
-    assert worker_count(MIN_PARALLEL - 1, None) == 1
-    assert 1 <= worker_count(MIN_PARALLEL, None) <= 4
-    assert worker_count(10, 3) == 3
-    assert worker_count(10, 0) == 1
+    assert worker_count(MIN_PARALLEL - 1, None, 4) == 1
+    assert 1 <= worker_count(MIN_PARALLEL, None, 2) <= 2
+    assert worker_count(MIN_PARALLEL, None, 2) == min(2, os.cpu_count() or 1)
+    assert worker_count(10, 3, 2) == 3  # asked for
+    assert worker_count(10, 0, 2) == 1
 
 
 # -- datasets judged by worker processes --------------------------------------------------------
@@ -551,3 +553,20 @@ def test_worker_processes_judge_gates_pairs_and_limits(
             assert {kind for _, _, kind, _, _ in pairs} == {"correction", "feedback"}
         else:
             assert one.rejected["near_duplicate"] > 0
+
+
+def test_a_worker_that_dies_is_a_store_error(tmp_path: Path) -> None:
+    import sqlite3
+
+    from storage._dataset_workers import _in_order
+    from storage.errors import StoreError
+
+    db = tmp_path / "store.db"
+    sqlite3.connect(db).close()
+
+    async def run() -> None:
+        async for _ in _in_order(str(db), 1, os._exit, iter([(3,)])):  # the worker exits
+            pass
+
+    with pytest.raises(StoreError, match="a dataset worker process stopped"):
+        anyio.run(run)
