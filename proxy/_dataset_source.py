@@ -35,7 +35,9 @@ class DatasetNotFound(CommandFailed):
 
 
 class DatasetSource(CaptureSource, Protocol):
-    async def create_dataset(self, spec: JSON, progress: Progress | None) -> JSON:
+    async def create_dataset(
+        self, spec: JSON, progress: Progress | None, workers: int | None = None
+    ) -> JSON:
         """Build a dataset from ``POST /admin/datasets``' body; its JSON (``Dataset.to_json``)."""
         ...
 
@@ -52,7 +54,13 @@ class DatasetSource(CaptureSource, Protocol):
         ...
 
     async def export_dataset(
-        self, name: str, fmt: str, split: str, out: Path, progress: Progress | None
+        self,
+        name: str,
+        fmt: str,
+        split: str,
+        out: Path,
+        progress: Progress | None,
+        workers: int | None = None,
     ) -> JSON:
         """Write the split to ``out`` and its manifest beside it; the manifest."""
         ...
@@ -61,13 +69,15 @@ class DatasetSource(CaptureSource, Protocol):
 class LocalDatasets(LocalSource):
     """Datasets in the database file itself."""
 
-    async def create_dataset(self, spec: JSON, progress: Progress | None) -> JSON:
+    async def create_dataset(
+        self, spec: JSON, progress: Progress | None, workers: int | None = None
+    ) -> JSON:
         from proxy.admin.params import parse_body_spec
         from storage.datasets import DatasetExists, create_dataset
 
         checked = parse_body_spec(spec)
         try:
-            dataset = await create_dataset(self._store, checked, progress=progress)
+            dataset = await create_dataset(self._store, checked, progress=progress, workers=workers)
         except DatasetExists:
             raise CommandFailed(
                 f"a dataset named {checked.name} exists already (datasets are immutable: pick "
@@ -91,14 +101,22 @@ class LocalDatasets(LocalSource):
         return {"object": "dataset.deleted", "name": name, "deleted": True}
 
     async def export_dataset(
-        self, name: str, fmt: str, split: str, out: Path, progress: Progress | None
+        self,
+        name: str,
+        fmt: str,
+        split: str,
+        out: Path,
+        progress: Progress | None,
+        workers: int | None = None,
     ) -> JSON:
         from storage.datasets import DatasetChanged
         from storage.export import DatasetNotFound as NoDataset
         from storage.export import ExportError, export_dataset
 
         try:
-            return await export_dataset(self._store, name, fmt, split, out, progress=progress)
+            return await export_dataset(
+                self._store, name, fmt, split, out, progress=progress, workers=workers
+            )
         except NoDataset:
             raise DatasetNotFound(name) from None
         except ExportError as exc:
@@ -107,6 +125,11 @@ class LocalDatasets(LocalSource):
             raise _changed(name, exc) from None
         except OSError as exc:
             raise CommandFailed(f"cannot write {out}: {exc.strerror or exc}") from None
+
+
+def _local_only(workers: int | None) -> None:
+    if workers is not None:
+        raise BadUsage("--workers is for the database file (--database); a server picks its own")
 
 
 def _changed(name: str, exc: Exception) -> CommandFailed:
@@ -119,7 +142,10 @@ def _changed(name: str, exc: Exception) -> CommandFailed:
 class RemoteDatasets(RemoteSource):
     """Datasets through a running server's admin API."""
 
-    async def create_dataset(self, spec: JSON, progress: Progress | None) -> JSON:
+    async def create_dataset(
+        self, spec: JSON, progress: Progress | None, workers: int | None = None
+    ) -> JSON:
+        _local_only(workers)
         return await self._call("POST", "/admin/datasets", body=spec)
 
     async def list_datasets(self) -> JSON:
@@ -133,12 +159,19 @@ class RemoteDatasets(RemoteSource):
         return await self._call("DELETE", path, missing=DatasetNotFound(name))
 
     async def export_dataset(
-        self, name: str, fmt: str, split: str, out: Path, progress: Progress | None
+        self,
+        name: str,
+        fmt: str,
+        split: str,
+        out: Path,
+        progress: Progress | None,
+        workers: int | None = None,
     ) -> JSON:
         """Stream the export into ``out`` (through a temporary file: a cut stream leaves
         nothing), check it against the server's manifest, and write that manifest beside it."""
         import httpx
 
+        _local_only(workers)
         if out.suffix.lower() == ".parquet":
             raise BadUsage(
                 "over --url the export is JSONL; Parquet is written by a local export "

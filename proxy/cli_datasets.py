@@ -109,6 +109,13 @@ def _int(option: str, value: str | None) -> int | None:
         raise BadUsage(f"{option} must be an integer, got {value!r:.80}") from None
 
 
+def _workers(value: str | None) -> int | None:
+    workers = _int("--workers", value)
+    if workers is not None and not 1 <= workers <= 64:
+        raise BadUsage(f"--workers must be 1-64, got {workers}")
+    return workers
+
+
 def spec_body(name: str, params: Params, options: dict[str, Any]) -> JSON:
     """``POST /admin/datasets``' body from the command line, checked as the server checks it."""
     from proxy.admin.params import parse_body_spec
@@ -150,6 +157,11 @@ def spec_body(name: str, params: Params, options: dict[str, Any]) -> JSON:
     "--price-per-million", metavar="USD",
     help="Training price per million tokens, for the cost estimate [default: 3.0].",
 )  # fmt: skip
+@click.option(
+    "--workers", metavar="N",
+    help="Worker processes, 1-64 (1: none; the database file only) [default: one per CPU, at "
+    "most 2, for 20,000 captures or more].",
+)  # fmt: skip
 @json_option
 @source_options
 def create(
@@ -161,6 +173,7 @@ def create(
     dedupe: str | None,
     max_tokens: str | None,
     price_per_million: str | None,
+    workers: str | None,
     as_json: bool,
     source: SourceSpec,
 ) -> None:
@@ -180,10 +193,11 @@ def create(
         "price_per_million": _float("--price-per-million", price_per_million),
     }
     body = spec_body(name, params, options)
+    processes = _workers(workers)
 
     async def action(store: DatasetSource) -> JSON:
         with _progress(f"creating {body['name']}") as progress:
-            return await store.create_dataset(body, progress)
+            return await store.create_dataset(body, progress, processes)
 
     dataset = _run(source, action)
     if as_json:
@@ -255,10 +269,21 @@ def show(name: str, as_json: bool, source: SourceSpec) -> None:
     "--out", metavar="FILE", required=True,
     help="The file to write; its manifest goes to FILE.manifest.json.",
 )  # fmt: skip
+@click.option(
+    "--workers", metavar="N",
+    help="Worker processes, 1-64 (1: none; the database file only) [default: one per CPU, at "
+    "most 3, for 20,000 examples or more].",
+)  # fmt: skip
 @json_option
 @source_options
 def export(
-    name: str, fmt: str | None, split: str | None, out: str, as_json: bool, source: SourceSpec
+    name: str,
+    fmt: str | None,
+    split: str | None,
+    out: str,
+    workers: str | None,
+    as_json: bool,
+    source: SourceSpec,
 ) -> None:
     """Write one split of dataset NAME to FILE in a training format.
 
@@ -278,10 +303,13 @@ def export(
     except QueryError as exc:
         raise BadUsage(f"--{exc.message}") from None
     path = check_out(out)
+    processes = _workers(workers)
 
     async def action(store: DatasetSource) -> JSON:
         with _progress(f"exporting {checked} ({chosen_split})") as progress:
-            return await store.export_dataset(checked, chosen_format, chosen_split, path, progress)
+            return await store.export_dataset(
+                checked, chosen_format, chosen_split, path, progress, processes
+            )
 
     manifest = _run(source, action)
     where = manifest_path(path)

@@ -222,6 +222,25 @@ def test_parquet_is_local_only(db, served, tmp_path):
     assert "JSONL only" in one_error_line(chat, 2)
 
 
+def test_worker_processes_on_the_database_file(db, served, tmp_path):
+    local = ["--database", str(db)]
+    for name, workers in (("one", []), ("two", ["--workers", "2"])):
+        result = invoke(["datasets", "create", name, "--validation", "0.3", *local, *workers])
+        assert result.exit_code == 0, result.output
+    files = []
+    for name, workers in (("one", ["--workers", "1"]), ("two", ["--workers", "3"])):
+        out = tmp_path / f"{name}.jsonl"
+        result = invoke(["datasets", "export", name, "--out", str(out), *local, *workers])
+        assert result.exit_code == 0, result.output
+        files.append(out.read_bytes())
+    assert files[0] == files[1] != b""
+    env = {"STILLROOM_ADMIN_TOKEN": TOKEN}
+    remote = ["--url", served, "--workers", "2"]
+    for args in (["datasets", "create", "three"], ["datasets", "export", "one", "--out", "x"]):
+        result = invoke([*args, *remote], env)
+        assert "--workers is for the database file" in one_error_line(result, 2)
+
+
 def test_progress_bars_stay_off_stdout(run, tmp_path, monkeypatch):
     monkeypatch.setattr(proxy.cli_datasets, "_shows_progress", lambda: True)
     created = run("datasets", "create", "qa", "--tag", "task=qa", "--json")
@@ -339,6 +358,9 @@ def test_json_output_is_the_admin_apis(db, served):
         (["datasets", "export", "x", "--out", "/nonexistent/f.jsonl"], "no folder /nonexistent"),
         (["datasets", "export", "x", "--out", "/"], "is a folder"),
         (["datasets", "delete", "a/b", "--yes"], "must be 1-64 characters"),
+        (["datasets", "create", "x", "--workers", "two"], "--workers must be an integer"),
+        (["datasets", "create", "x", "--workers", "0"], "--workers must be 1-64, got 0"),
+        (["datasets", "export", "x", "--out", "f", "--workers", "65"], "--workers must be 1-64"),
     ],
 )
 @pytest.mark.parametrize("where", ["local", "remote"])
