@@ -35,11 +35,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from storage import _sqlite_search
 from storage._dataset_builder import Verdict, judge
 from storage._export_formats import ITEM_ROWS
-from storage._sqlite_datasets import dataset_row, items
-from storage._sqlite_read import chain, decode_rows, read_snapshot, run_query, select_sql
+from storage._sqlite_datasets import dataset_row, items, rows_after
+from storage._sqlite_read import chain, decode_rows, read_snapshot
 from storage.datasets import Progress
 from storage.errors import StoreError
 from storage.examples import Example, build_example
@@ -253,14 +252,7 @@ def _captures_in(
 ) -> tuple[list[StoredCapture], bool, int]:
     """Up to ``limit`` captures matching ``where`` with ``after < seq < end``, whether more of
     the range may follow, and the last one's seq (one read transaction)."""
-    sql, params = select_sql(
-        where,
-        order="asc",
-        limit=limit,
-        search_parts=_sqlite_search.partitions(conn),
-        after_seq=after,
-    )
-    rows = run_query(conn, sql, params)
+    rows = rows_after(conn, where, after, limit)
     inside = [row for row in rows if row[0] < end]
     more = len(inside) == len(rows) == limit
     return decode_rows(conn, inside), more, (inside[-1][0] if inside else after)

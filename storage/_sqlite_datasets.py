@@ -186,6 +186,14 @@ def captures_after(
     conn: sqlite3.Connection, where: CaptureFilter, after_seq: int, limit: int
 ) -> tuple[list[StoredCapture], int]:
     """Up to ``limit`` captures past ``after_seq`` in stored order, and the last one's seq."""
+    rows = rows_after(conn, where, after_seq, limit)
+    return decode_rows(conn, rows), (rows[-1][0] if rows else after_seq)
+
+
+def rows_after(
+    conn: sqlite3.Connection, where: CaptureFilter, after_seq: int, limit: int
+) -> list[Any]:
+    """Up to ``limit`` undecoded rows (``seq`` first) of captures past ``after_seq``, in order."""
     sql, params = select_sql(
         where,
         order="asc",
@@ -193,8 +201,7 @@ def captures_after(
         search_parts=_sqlite_search.partitions(conn),
         after_seq=after_seq,
     )
-    rows = run_query(conn, sql, params)
-    return decode_rows(conn, rows), (rows[-1][0] if rows else after_seq)
+    return run_query(conn, sql, params)
 
 
 # -- the mixin ----------------------------------------------------------------------------------
