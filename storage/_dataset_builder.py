@@ -3,9 +3,9 @@
 ``judge`` turns one capture into a compact verdict (the example's gates and token counts, in
 this process or in a worker process: ``storage._dataset_workers``); ``Builder.accept`` takes the
 verdicts in stored order: exact and near duplicates, the token limit and the split (with the
-leakage rule for a holdout by time); items and preference pairs
-are handed out in batches (``take``) so a build of any size keeps only compact sets of hashes
-and the token counts in memory.
+leakage rule for a holdout by time). Items and preference pairs are handed out in batches
+(``take``), so a build of any size keeps only compact sets of hashes (``KeySet``) and the token
+counts in memory.
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ one-process one. At most two ranges per worker are in flight, so memory stays fl
 * ``parallel_verdicts`` (``create_dataset``): ranges of ``SEQ_CHUNK`` capture sequence numbers;
   a worker reads the captures of its range that match the filter and judges each
   (``storage._dataset_builder.judge``: gates, hashes, tiktoken counts); the parent's builder
-  does what needs every capture (duplicates, splits, pairs) and writes the snapshot.
+  does what needs every capture (duplicates, splits, pairs) and writes the snapshot. The ranges
+  end at the last capture stored when the build starts; captures stored during the build are
+  left for the next dataset (a build in one process may still take some of them).
 * ``parallel_jsonl`` (``export_dataset``): ranges of ``CHUNK`` item positions; a worker
   rebuilds and checks each example exactly as ``storage._export_rows`` does and returns the
   range's JSONL.

@@ -176,7 +176,12 @@ async def create_dataset(
     if spec.holdout_by == "time" and spec.holdout > 0:
         cutoff = await store.time_quantile(spec.where, 1 - spec.holdout)
     from storage._dataset_builder import Builder
-    from storage._dataset_workers import MAX_BUILD_WORKERS, sqlite_path, worker_count
+    from storage._dataset_workers import (
+        MAX_BUILD_WORKERS,
+        parallel_verdicts,
+        sqlite_path,
+        worker_count,
+    )
 
     handle = await store.begin_dataset(spec.name)
     try:
@@ -185,7 +190,7 @@ async def create_dataset(
         path = sqlite_path(store)
         count = worker_count(total, workers, MAX_BUILD_WORKERS) if path is not None else 1
         batches = (
-            _judged_by_workers(path, spec, count)
+            parallel_verdicts(path, spec.where, spec.dedupe == "near", count)
             if path is not None and count > 1
             else _judged_here(store, spec, builder)
         )
@@ -223,15 +228,6 @@ async def _judged_here(
                 chain = conversation.captures if conversation else None
             # The builder has taken every earlier verdict: a known duplicate is not counted.
             verdicts.append(judge(stored, chain, seen=builder.seen_content, seen_near=near))
-        yield verdicts
-
-
-async def _judged_by_workers(
-    path: str, spec: DatasetSpec, workers: int
-) -> AsyncIterator[list[Verdict]]:
-    from storage._dataset_workers import parallel_verdicts
-
-    async for verdicts in parallel_verdicts(path, spec.where, spec.dedupe == "near", workers):
         yield verdicts
 
 
