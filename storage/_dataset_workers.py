@@ -189,7 +189,7 @@ def export_range(
         raise RuntimeError("export worker used before it started")
     found_dataset = read_snapshot(conn, dataset_row, name)
     if found_dataset is None:
-        return b"", 0, 0, 0  # deleted meanwhile: the parent's count of items tells
+        return b"", 0, 0, 0  # deleted meanwhile: the parent finds items missing
     dataset_id = found_dataset[0]
     to_row = ITEM_ROWS[fmt]
     lines: list[bytes] = []
@@ -219,12 +219,16 @@ def _rebuild(conn: sqlite3.Connection, stored: StoredCapture | None) -> Example 
     """``storage._export_rows.rebuild`` on this process's connection."""
     if stored is None:
         return None
-    links = None
-    if stored.record.previous_response_id is not None:
-        found = read_snapshot(conn, chain, stored.record.id)
-        links = found[0] if found is not None else None
-    built = build_example(stored, links)
+    built = build_example(stored, _chain_of(conn, stored))
     return built if isinstance(built, Example) else None
+
+
+def _chain_of(conn: sqlite3.Connection, stored: StoredCapture) -> list[StoredCapture] | None:
+    """A Responses capture's conversation, oldest first (``Store.conversation``); else None."""
+    if stored.record.previous_response_id is None:
+        return None
+    found = read_snapshot(conn, chain, stored.record.id)
+    return found[0] if found is not None else None
 
 
 def judge_range(where: CaptureFilter, near: bool, start: int, end: int) -> list[Verdict]:
@@ -238,11 +242,7 @@ def judge_range(where: CaptureFilter, near: bool, start: int, end: int) -> list[
         limit = min(BATCH, end - 1 - after)
         found, more, last = read_snapshot(conn, _captures_in, where, after, limit, end)
         for stored in found:
-            links = None
-            if stored.record.previous_response_id is not None:
-                linked = read_snapshot(conn, chain, stored.record.id)
-                links = linked[0] if linked is not None else None
-            verdicts.append(judge(stored, links, near=near))
+            verdicts.append(judge(stored, _chain_of(conn, stored), near=near))
         if not more:
             break
         after = last

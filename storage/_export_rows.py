@@ -48,7 +48,7 @@ async def item_rows(
             progress(done, max(total, done))
         if rows:
             yield rows
-    raise_if_changed(changed, done, "examples")
+    raise_if_changed(changed, done, "examples", total)
 
 
 async def pair_rows(
@@ -122,7 +122,14 @@ def _score(example: Example) -> float:
     return example.feedback_score if example.feedback_score is not None else 0.0
 
 
-def raise_if_changed(changed: int, done: int, what: str) -> None:
+def raise_if_changed(changed: int, done: int, what: str, expected: int | None = None) -> None:
+    """``DatasetChanged`` if items changed, or if fewer than ``expected`` were found (the
+    dataset was deleted while it was being read)."""
+    if expected is not None and done < expected:
+        raise DatasetChanged(
+            f"only {done} of {expected} {what} were found: the dataset was deleted during the "
+            "export"
+        )
     if changed:
         raise DatasetChanged(
             f"{changed} of {done} {what} changed since the dataset was created (captures "

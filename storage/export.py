@@ -222,7 +222,7 @@ async def _write_parallel(
         lines += written
         changed += gone
         done += seen
-    raise_if_changed(changed, done, "examples")
+    raise_if_changed(changed, done, "examples", total)
     return lines
 
 

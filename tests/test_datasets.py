@@ -570,3 +570,31 @@ def test_a_worker_that_dies_is_a_store_error(tmp_path: Path) -> None:
 
     with pytest.raises(StoreError, match="a dataset worker process stopped"):
         anyio.run(run)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_dataset_deleted_during_an_export_is_not_cut_short_silently(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    from storage.datasets import DatasetChanged
+
+    db = str(tmp_path / "store.db")
+    records = [chat_record(f"question {i}", f"answer {i}", 1000.0 + i) for i in range(12)]
+    out = tmp_path / "train.jsonl"
+
+    async def run() -> None:
+        async with open_store(db) as store:
+            await store.migrate()
+            await store.write_batch(records)
+            dataset = await create_dataset(store, DatasetSpec(name="gone", validation=0.0))
+            await store.delete_dataset("gone")
+
+            async def stale(name: str) -> Any:  # the export found it, then it was deleted
+                return dataset
+
+            monkeypatch.setattr(store, "get_dataset", stale)
+            with pytest.raises(DatasetChanged, match="only 0 of 12 examples were found"):
+                await export_dataset(store, "gone", "openai-chat", "train", out, workers=workers)
+
+    anyio.run(run)
+    assert not out.exists()
