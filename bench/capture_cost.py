@@ -3,10 +3,15 @@
     .venv/bin/python bench/capture_cost.py
 
 For a non-streamed chat (2.5 KB request, 1 KB answer) and a 53-event streamed chat from
-`stillroom mock` it times, per exchange: the capture policy + tee + record building (what the
-request task pays after the client has its response), reassembling the stream alone, and the
-store's record encoding (what the writer pays before the SQLite insert). Process CPU time, best
-of 5 rounds.
+`stillroom mock` it times, per exchange:
+
+* deferred indexing (the SQLite default): the capture policy + tee + packing the frame (what
+  the request task pays), and the writer's spool append per capture (batches of 200, in a
+  temporary folder); everything else is the indexer process's work;
+* inline: the capture policy + tee + record building, reassembling the stream alone, and the
+  store's record encoding (what the writer pays before the SQLite insert).
+
+Process CPU time, best of 5 rounds.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
+import tempfile
 import time
+from pathlib import Path
 
 import orjson
 
@@ -23,6 +30,7 @@ from proxy.mock import MockOptions, create_mock_app
 from proxy.transcript import reassemble_transcript
 from storage._rows import encode_batch
 from storage.models import CaptureRecord
+from storage.sqlite import SQLiteStore
 
 SCOPE = {
     "method": "POST",
@@ -33,9 +41,9 @@ SCOPE = {
 
 class _Collect:
     def __init__(self) -> None:
-        self.records: list[CaptureRecord] = []
+        self.records: list = []
 
-    def submit(self, record: CaptureRecord) -> bool:
+    def submit(self, record: CaptureRecord | bytes) -> bool:
         self.records.append(record)
         return True
 
@@ -98,9 +106,38 @@ def measure(stream: bool) -> None:
         tee.on_chunk(answer)
         tee.on_end("completed", None, 0.01)
 
+    deferred = CapturePolicy(
+        sink,  # type: ignore[arg-type]
+        max_bytes=4 << 20,
+        fingerprint_secret=b"s" * 32,
+        drops=CaptureDrops(),
+        deferred=True,
+    )
+
+    def capture_deferred() -> None:
+        tee = deferred(SCOPE, body, {b"x-stillroom-tags": b"task=bench"})
+        assert tee is not None
+        tee.on_response_start(200, headers)
+        tee.on_chunk(answer)
+        tee.on_end("completed", None, 0.01)
+
     kind = "stream (53 events)" if stream else "plain chat"
     print(f"{kind}: request {len(body)} B, response {len(answer)} B")
-    print(f"  policy + tee + build_record: {best_of(5, 500, capture):7.1f} us")
+    print(f"  deferred (SQLite): policy + tee + frame: {best_of(5, 500, capture_deferred):5.1f} us")
+    packed = [item for item in sink.records if isinstance(item, bytes)][:200]
+    sink.records = [r for r in sink.records if not isinstance(r, bytes)]
+    path = Path(tempfile.mkdtemp()) / "spool.db"
+
+    async def append() -> float:
+        async with SQLiteStore(path) as store:
+            await store.migrate()
+            cpu = time.process_time()
+            for _ in range(20):
+                await store.append_spool(packed)
+            return (time.process_time() - cpu) / (20 * len(packed)) * 1e6
+
+    print(f"    spool append per capture (writer, batches of 200): {asyncio.run(append()):5.1f} us")
+    print(f"  inline: policy + tee + build_record: {best_of(5, 500, capture):7.1f} us")
     if stream:
         reassembly = best_of(5, 500, lambda: reassemble_transcript("chat/completions", answer))
         print(f"  of which reassembly:          {reassembly:7.1f} us")

@@ -13,6 +13,11 @@ Measures, each round on a fresh database file:
 1. store alone: ``SQLiteStore.write_batch`` in batches of 200, one after the other;
 2. writer + store: every record submitted to a ``CaptureWriter`` at once, then ``stop()``
    (which drains the queue): records / (time from first submit to stop returning);
+   with deferred indexing (SQLite's default) the proxy's side is instead
+   2a. spool: the same with the records packed as the proxy packs them, appended to the
+       store's spool (``append_spool``);
+   2b. indexer: the indexer's ``step`` over a spool of all the records until it is empty
+       (building the records from the frames, storing them, recording the position);
 3. bytes on disk per capture for 50 requests sharing one 2 KB system prompt (database pages in
    use after a WAL checkpoint, minus those of the empty migrated database, divided by 50).
 
@@ -30,6 +35,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import sqlite3
 import statistics
 import sys
@@ -44,7 +50,11 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from proxy import frames  # noqa: E402
+from proxy.indexer import INDEXED, IndexerOptions, _Indexer  # noqa: E402
+from proxy.records import ExchangeCopy  # noqa: E402
 from proxy.writer import CaptureWriter  # noqa: E402
+from storage import spool  # noqa: E402
 from storage.connect import open_store  # noqa: E402
 from storage.ids import new_capture_id  # noqa: E402
 from storage.models import CaptureRecord, Usage  # noqa: E402
@@ -196,6 +206,82 @@ async def writer_and_store(path: Path | str, records: list[CaptureRecord]) -> tu
     return len(records) / wall, cpu / len(records) * 1e6
 
 
+def packed(records: list[CaptureRecord]) -> list[bytes]:
+    """The records as the proxy spools them with deferred indexing (``proxy.frames``)."""
+    return [
+        frames.encode(
+            ExchangeCopy(
+                capture_id=r.id,
+                created_at=r.created_at,
+                endpoint=r.endpoint,
+                method=r.method,
+                path=r.path,
+                request_body=r.request_body,
+                response_body=r.response_body,
+                response_truncated=r.response_truncated,
+                status=r.status,
+                content_type=r.response_content_type,
+                content_encoding=None,
+                outcome=r.outcome,
+                error=r.error,
+                latency_ms=r.latency_ms,
+                ttft_ms=r.ttft_ms,
+                tags=dict(r.tags),
+                upstream_request_id=r.upstream_request_id,
+                retry_count=r.retry_count,
+                key_fingerprint=r.key_fingerprint,
+            )
+        )
+        for r in records
+    ]
+
+
+async def writer_and_spool(path: Path | str, records: list[CaptureRecord]) -> tuple[float, float]:
+    """Deferred indexing, the proxy's side: the writer appending packed exchanges to the spool."""
+    assert isinstance(path, Path)
+    items = packed(records)
+    async with bench_store(path) as store:
+        writer = CaptureWriter(
+            store,
+            max_queue=len(items),
+            max_queue_bytes=1 << 34,
+            batch_size=BATCH,
+            flush_interval=0.1,
+            logger=logging.getLogger("bench.writer"),
+            write=store.append_spool,
+        )
+        await writer.start()
+        cpu, wall = time.process_time(), time.perf_counter()
+        for item in items:
+            writer.submit(item)
+        await writer.stop(deadline_s=600)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        assert writer.written_total == len(items), writer.dropped_total
+    return len(items) / wall, cpu / len(items) * 1e6
+
+
+async def indexer_alone(path: Path | str, records: list[CaptureRecord]) -> tuple[float, float]:
+    """Deferred indexing, the indexer's side: spooled exchanges built and stored as captures."""
+    assert isinstance(path, Path)
+    async with bench_store(path):
+        pass
+    writer = spool.SpoolWriter(spool.spool_dir(str(path)))
+    items = packed(records)
+    for start in range(0, len(items), BATCH):
+        writer.append(items[start : start + BATCH])
+    writer.close()
+    counters = [0] * 8
+    indexer = _Indexer(IndexerOptions(path=str(path), batch_size=BATCH), counters)
+    cpu, wall = time.process_time(), time.perf_counter()
+    while indexer.step() is not None:
+        pass
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    indexer.close()
+    assert counters[INDEXED] == len(records), counters
+    shutil.rmtree(spool.spool_dir(str(path)), ignore_errors=True)
+    return len(records) / wall, cpu / len(records) * 1e6
+
+
 def pages_in_use(path: Path) -> int:
     with sqlite3.connect(path) as db:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -261,7 +347,10 @@ async def main() -> None:
         if args.postgres:
             backends.append(("postgres ", lambda: args.postgres))
         for (backend, target), (workload, records) in itertools.product(backends, data.items()):
-            for name, bench in (("store", store_alone), ("writer", writer_and_store)):
+            benches: list[tuple[str, Any]] = [("store", store_alone), ("writer", writer_and_store)]
+            if not backend:  # deferred indexing is SQLite's
+                benches += [("spool", writer_and_spool), ("indexer", indexer_alone)]
+            for name, bench in benches:
                 rates, cpus = [], []
                 for _ in range(args.rounds):
                     rate, cpu = await bench(target(), records)
@@ -271,7 +360,7 @@ async def main() -> None:
                 results[f"{key}_records_per_s"] = summary(rates)
                 results[f"{key}_cpu_us_per_record"] = statistics.median(cpus)
                 print(
-                    f"{backend}{name:>6} {workload:>6}: {statistics.median(rates):8.0f} "
+                    f"{backend}{name:>7} {workload:>6}: {statistics.median(rates):8.0f} "
                     "records/s median "
                     f"(best {max(rates):.0f}, worst {min(rates):.0f}), "
                     f"{statistics.median(cpus):.0f} µs CPU per record",

@@ -39,6 +39,7 @@ from proxy.capture import (
 from proxy.errors import InvalidRequest, RouteNotFound
 from proxy.forward import Forwarder, RelayConfig
 from proxy.http1 import Http1Pool, Http1Transport
+from proxy.indexer import CaptureIndexer, IndexerOptions
 from proxy.metrics import CaptureMetrics, ProxyMetrics, TrainingMetrics
 from proxy.retention import Retention
 from proxy.routing.metrics import RoutingMetrics
@@ -51,9 +52,11 @@ from proxy.training.job_counts import JobCounts
 from proxy.training.runner import JobRunner, ProviderConfig
 from proxy.types import Receive, Scope, Send
 from proxy.writer import CaptureWriter
+from storage import spool
 from storage.base import NullStore, Store
 from storage.connect import open_store
 from storage.errors import StoreError
+from storage.sqlite import SQLiteStore
 
 logger = logging.getLogger("stillroom.app")
 
@@ -75,6 +78,7 @@ class AppState:
     job_counts: JobCounts | None = None  # None: capture off (no jobs to count)
     router: Router | None = None  # None: capture off (no store for routes)
     evals: EvalTasks | None = None  # None: capture off (no store to run evals on)
+    indexer: CaptureIndexer | None = None  # None: records are built inline (or capture off)
 
 
 class StillroomApp:
@@ -153,6 +157,33 @@ class StillroomApp:
         except BaseException:
             await store.close()
             raise
+        indexer: CaptureIndexer | None = None
+        local = store if isinstance(store, SQLiteStore) else None
+        if (
+            local is not None
+            and s.capture
+            and (s.capture_index == "deferred" or spool.waiting_bytes(local.path))
+        ):
+            # Inline indexing still starts one to index what an earlier deferred run spooled.
+            try:
+                await local.open_spool()  # one proxy per database: a second one stops here
+            except BaseException:
+                await store.close()
+                raise
+            indexer = CaptureIndexer(
+                IndexerOptions(
+                    path=local.path,
+                    batch_size=s.batch_size,
+                    max_lag_s=s.capture_index_max_lag,
+                    max_backlog_bytes=s.capture_index_max_backlog,
+                    busy_timeout_s=local.busy_timeout_s,
+                    max_bytes=local.max_bytes,
+                ),
+                spool_end=lambda: local.spool_end,
+            )
+            await indexer.start()
+            local.spool_stored = lambda: indexer.stored_position if indexer else 0
+        deferred = local is not None and s.capture_index == "deferred"
         writer = CaptureWriter(
             store,
             max_queue=s.queue_max_records,
@@ -161,16 +192,18 @@ class StillroomApp:
             flush_interval=s.flush_interval,
             logger=logging.getLogger("stillroom.writer"),
             on_batch=self.capture_metrics.observe_batch,
+            write=local.append_spool if deferred and local is not None else None,
         )
         await writer.start()
         drops = CaptureDrops()
-        self.capture_metrics.watch(CaptureStats(writer, drops))
+        self.capture_metrics.watch(CaptureStats(writer, drops, indexer))
         policy = CapturePolicy(
             writer,
             max_bytes=s.capture_max_bytes,
             fingerprint_secret=secret,
             drops=drops,
             enabled=s.capture,
+            deferred=deferred,
         )
         upstream = urllib.parse.urlsplit(s.upstream)
         pool = Http1Pool(
@@ -202,7 +235,12 @@ class StillroomApp:
         router = await self._router(store) if s.capture else None
         forwarder = Forwarder(relay, pool, self.metrics, policy, router)
         self.state = AppState(
-            client=client, forwarder=forwarder, store=store, writer=writer, router=router
+            client=client,
+            forwarder=forwarder,
+            store=store,
+            writer=writer,
+            router=router,
+            indexer=indexer,
         )
         if s.stored_completions == "local":
             self.state.stored_completions = StoredCompletions(
@@ -264,6 +302,15 @@ class StillroomApp:
         lost = state.writer.dropped_total.get("shutdown", 0)
         if lost:
             logger.error("%d captures could not be written before the drain deadline", lost)
+        if state.indexer is not None:
+            left = await state.indexer.stop(deadline_s=_WRITER_DRAIN_SECONDS)
+            if not left and isinstance(state.store, SQLiteStore):
+                await state.store.erase_spool()  # all stored: no copy of them stays behind
+            if left:
+                logger.warning(
+                    "%d bytes of captures wait in the spool; they are indexed after the next start",
+                    left,
+                )
         await state.store.close()
         await state.client.aclose()
 

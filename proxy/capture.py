@@ -7,8 +7,11 @@ credential is reduced here, at once, to an HMAC fingerprint: the key itself neve
 record, a log line or the queue.
 
 ``CaptureTee`` appends chunk references up to ``max_bytes`` (no copying, no parsing) while the
-relay streams; at the end it builds the record (``records.build_record``) and hands it to the
-writer. Building can never raise into the relay: a failure is logged and counted as a drop.
+relay streams. At the end, with ``deferred`` (a SQLite store), it packs its copy
+(``proxy.frames``) for the writer to append to the store's spool, and the indexer process builds
+the record later (``proxy.indexer``); otherwise it builds the record (``records.build_record``)
+and hands that to the writer. Neither can raise into the relay: a failure is logged and
+counted as a drop. Routed exchanges read ``tee.record``, built on first use.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import logging
 import time
 from typing import Any
 
+from proxy import frames
 from proxy.errors import InvalidRequest
+from proxy.indexer import CaptureIndexer
 from proxy.records import ExchangeCopy, build_record
 from proxy.tags import SOURCE_TAG, parse_capture_switch, parse_source, parse_tags
 from proxy.types import Scope
@@ -75,11 +80,27 @@ class CaptureDrops:
 
 
 class CaptureStats:
-    """The writer's counters plus ours, as the metrics module reads them."""
+    """The writer's counters plus ours and the indexer's, as the metrics module reads them."""
 
-    def __init__(self, writer: CaptureWriter, drops: CaptureDrops) -> None:
+    def __init__(
+        self, writer: CaptureWriter, drops: CaptureDrops, indexer: CaptureIndexer | None = None
+    ) -> None:
         self._writer = writer
         self._drops = drops
+        self._indexer = indexer
+
+    @property
+    def indexed_total(self) -> int:
+        """Captures written as records (with deferred indexing, fewer than written)."""
+        return self._writer.written_total if self._indexer is None else self._indexer.indexed_total
+
+    @property
+    def index_backlog_bytes(self) -> int:
+        return 0 if self._indexer is None else self._indexer.backlog_bytes
+
+    @property
+    def index_lag_s(self) -> float:
+        return 0.0 if self._indexer is None else self._indexer.lag_s
 
     @property
     def written_total(self) -> int:
@@ -94,7 +115,11 @@ class CaptureStats:
         return self._writer.queue_bytes
 
     def dropped_total(self) -> dict[str, int]:
-        return {**self._writer.dropped_total, "capture_error": self._drops.build_error}
+        dropped = {**self._writer.dropped_total, "capture_error": self._drops.build_error}
+        if self._indexer is not None:
+            for reason, n in self._indexer.dropped_total().items():
+                dropped[reason] += n
+        return dropped
 
 
 class CapturePolicy:
@@ -106,8 +131,10 @@ class CapturePolicy:
         fingerprint_secret: bytes,
         drops: CaptureDrops,
         enabled: bool = True,
+        deferred: bool = False,
     ) -> None:
         self._writer = writer
+        self.deferred = deferred
         self.max_bytes = max_bytes
         self._secret = fingerprint_secret
         self._drops = drops
@@ -186,14 +213,31 @@ class CapturePolicy:
 
     def finish(self, copy: ExchangeCopy) -> CaptureRecord | None:
         """Build the record and queue it for the writer; the record (None if it failed)."""
-        try:
-            record = build_record(copy)
-        except Exception:  # the one broad catch: a capture bug must never reach the client
+        record = self.build(copy)
+        if record is None:
             self._drops.build_error += 1
-            logger.exception("could not build capture %s; dropped", copy.capture_id)
             return None
         self._writer.submit(record)
         return record
+
+    def spool(self, head: list[Any], request: bytes, response: bytes) -> None:
+        """Queue an exchange, packed (``frames.pack``), for the spool (deferred indexing)."""
+        try:
+            packed = frames.pack(head, request, response)
+        except Exception:  # the one broad catch: a capture bug must never reach the client
+            self._drops.build_error += 1
+            logger.exception("could not pack capture %s; dropped", head[0])
+            return
+        self._writer.submit(packed)
+
+    @staticmethod
+    def build(copy: ExchangeCopy) -> CaptureRecord | None:
+        """The record of ``copy``; None (logged) when it cannot be built."""
+        try:
+            return build_record(copy)
+        except Exception:  # the one broad catch: a capture bug must never reach the client
+            logger.exception("could not build capture %s; dropped", copy.capture_id)
+            return None
 
 
 class CaptureTee:
@@ -201,7 +245,9 @@ class CaptureTee:
         "_chunks",
         "_ct",
         "_ce",
+        "_end",
         "_policy",
+        "_record",
         "_request_id",
         "_size",
         "_started",
@@ -215,7 +261,6 @@ class CaptureTee:
         "fingerprint",
         "method",
         "path",
-        "record",
         "retry_count",
         "tags",
     )
@@ -252,7 +297,16 @@ class CaptureTee:
         self._ct: str | None = None
         self._ce: str | None = None
         self._request_id: str | None = None
-        self.record: CaptureRecord | None = None  # once on_end built it (shadow traffic reads it)
+        self._end: tuple[bytes, Outcome, str | None, float, float | None] | None = None
+        self._record: CaptureRecord | None = None
+
+    @property
+    def record(self) -> CaptureRecord | None:
+        """The exchange's record once it ended (routing and shadow traffic read it); built here
+        on first use when the indexer builds the stored one."""
+        if self._record is None and (copy := self.copy()) is not None:
+            self._record = self._policy.build(copy)
+        return self._record
 
     def on_response_start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self._status = status
@@ -276,27 +330,59 @@ class CaptureTee:
         self._size += len(chunk)
 
     def on_end(self, outcome: Outcome, error: str | None, ttfb: float | None) -> None:
-        self.record = self._policy.finish(
-            ExchangeCopy(
-                capture_id=self.capture_id,
-                created_at=self.created_at,
-                endpoint=self.endpoint,
-                method=self.method,
-                path=self.path,
-                request_body=self.body,
-                response_body=b"".join(self._chunks),
-                response_truncated=self._truncated,
-                status=self._status,
-                content_type=self._ct,
-                content_encoding=self._ce,
-                outcome=outcome,
-                error=error,
-                latency_ms=(time.perf_counter() - self._started) * 1000.0,
-                ttft_ms=ttfb * 1000.0 if ttfb is not None else None,
-                tags=self.tags,
-                upstream_request_id=self._request_id,
-                retry_count=self.retry_count,
-                key_fingerprint=self.fingerprint,
-                request=self.request,
-            )
+        latency_ms = (time.perf_counter() - self._started) * 1000.0
+        ttft_ms = ttfb * 1000.0 if ttfb is not None else None
+        response = b"".join(self._chunks)
+        self._end = (response, outcome, error, latency_ms, ttft_ms)
+        if self._policy.deferred:
+            # The values in frames._FIELDS order (tests check this equals frames.encode).
+            head = [
+                self.capture_id,
+                self.created_at,
+                self.endpoint,
+                self.method,
+                self.path,
+                self._truncated,
+                self._status,
+                self._ct,
+                self._ce,
+                outcome,
+                error,
+                latency_ms,
+                ttft_ms,
+                self.tags,
+                self._request_id,
+                self.retry_count,
+                self.fingerprint,
+            ]
+            self._policy.spool(head, self.body, response)
+        elif (copy := self.copy()) is not None:
+            self._record = self._policy.finish(copy)
+
+    def copy(self) -> ExchangeCopy | None:
+        """What the tee saw, once the exchange ended (None before)."""
+        if self._end is None:
+            return None
+        response, outcome, error, latency_ms, ttft_ms = self._end
+        return ExchangeCopy(
+            capture_id=self.capture_id,
+            created_at=self.created_at,
+            endpoint=self.endpoint,
+            method=self.method,
+            path=self.path,
+            request_body=self.body,
+            response_body=response,
+            response_truncated=self._truncated,
+            status=self._status,
+            content_type=self._ct,
+            content_encoding=self._ce,
+            outcome=outcome,
+            error=error,
+            latency_ms=latency_ms,
+            ttft_ms=ttft_ms,
+            tags=self.tags,
+            upstream_request_id=self._request_id,
+            retry_count=self.retry_count,
+            key_fingerprint=self.fingerprint,
+            request=self.request,
         )

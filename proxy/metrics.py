@@ -186,13 +186,28 @@ class CaptureMetrics:
         size = GaugeMetricFamily(
             "stillroom_capture_queue_bytes", "Approximate bytes held by waiting captures."
         )
+        indexed = CounterMetricFamily(
+            "stillroom_captures_indexed",
+            "Captures turned into searchable records (deferred indexing: the indexer's count).",
+        )
+        backlog = GaugeMetricFamily(
+            "stillroom_capture_index_backlog_bytes",
+            "Bytes of captures spooled and not yet indexed (deferred indexing).",
+        )
+        lag = GaugeMetricFamily(
+            "stillroom_capture_index_lag_seconds",
+            "Age of the oldest capture not yet indexed (deferred indexing).",
+        )
         for source in self._sources:
             written.add_metric([], source.written_total)
             for reason, count in source.dropped_total().items():
                 dropped.add_metric([reason], count)
             depth.add_metric([], source.queue_depth)
             size.add_metric([], source.queue_bytes)
-        return [written, dropped, depth, size]
+            indexed.add_metric([], source.indexed_total)
+            backlog.add_metric([], source.index_backlog_bytes)
+            lag.add_metric([], source.index_lag_s)
+        return [written, dropped, depth, size, indexed, backlog, lag]
 
 
 class CaptureSource(Protocol):
@@ -204,6 +219,15 @@ class CaptureSource(Protocol):
 
     @property
     def queue_bytes(self) -> int: ...
+
+    @property
+    def indexed_total(self) -> int: ...
+
+    @property
+    def index_backlog_bytes(self) -> int: ...
+
+    @property
+    def index_lag_s(self) -> float: ...
 
     def dropped_total(self) -> dict[str, int]: ...
 

@@ -142,6 +142,13 @@ def _parse_stored_completions(raw: str) -> str:
     return value
 
 
+def _parse_capture_index(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("deferred", "inline"):
+        raise ValueError("must be deferred or inline")
+    return value
+
+
 def _parse_train_base_url(raw: str) -> str | None:
     value = raw.strip().rstrip("/")
     if not value:
@@ -299,6 +306,30 @@ class Settings:
         _parse_positive_float,
         "Seconds a capture may wait in the queue before a smaller batch is written.",
         metavar="SECONDS",
+    )
+    capture_index: str = _setting(
+        "deferred",
+        _parse_capture_index,
+        "How captures reach a SQLite store. deferred: the proxy only appends each raw "
+        "exchange to a spool beside the database (NAME.spool), and an indexer process at idle "
+        "priority builds the records (readable a moment later, when there is CPU to spare). "
+        "inline: the proxy builds and indexes each record itself (readable once written, more "
+        "CPU per request). Postgres stores are always inline.",
+        metavar="deferred|inline",
+    )
+    capture_index_max_lag: float = _setting(
+        60.0,
+        _parse_positive_float,
+        "Deferred indexing: when the oldest unindexed capture is older than this, the indexer "
+        "stops waiting for idle CPU and runs at normal priority until it has caught up by half.",
+        metavar="SECONDS",
+    )
+    capture_index_max_backlog: int = _setting(
+        1024 * 1024 * 1024,
+        _parse_positive_int,
+        "Deferred indexing: when more bytes of captures than this wait in the spool, the "
+        "indexer runs at normal priority until half of them are indexed.",
+        metavar="BYTES",
     )
     migrate_on_start: bool = _setting(
         True,

@@ -3,8 +3,10 @@
 The request path calls ``submit(record)``; it never blocks, never raises and never touches the
 database. One writer task (``start()``) drains the queue in batches of ``batch_size`` records,
 or whatever is queued once the oldest record has waited ``flush_interval`` seconds, each batch
-in one store transaction. ``stop(deadline_s)`` writes everything still queued before it returns,
-so a graceful shutdown loses nothing; call it before closing the store.
+in one store transaction (``store.write_batch``, or ``write`` when given: the SQLite store's
+``append_spool`` takes packed exchanges, ``proxy.frames``, for the indexer, ``proxy.indexer``).
+``stop(deadline_s)`` writes everything still queued before it returns, so a graceful shutdown
+loses nothing; call it before closing the store.
 
 When a record cannot be kept it is dropped and counted under one reason (``DROP_REASONS``):
 
@@ -38,8 +40,8 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
 
 from proxy.tasks import spawn
 from storage.base import Store
@@ -50,13 +52,16 @@ DROP_REASONS: Final = ("queue_full", "too_large", "storage_full", "storage_error
 RECORD_OVERHEAD_BYTES: Final = 1024  # fields besides the bodies, in the queue's byte budget
 
 BatchHook = Callable[[float, int], None]
+Write = Callable[[list[Any]], Awaitable[None]]
 
 
-def record_size(record: CaptureRecord) -> int:
+def record_size(record: CaptureRecord | bytes) -> int:
     """Approximate memory a queued record holds: its bodies plus a fixed overhead.
 
     The reassembled response object is assumed to take about as much as the raw body.
     """
+    if isinstance(record, bytes):  # an exchange packed for the spool (``proxy.frames``)
+        return RECORD_OVERHEAD_BYTES + len(record)
     response = len(record.response_body)
     return (
         RECORD_OVERHEAD_BYTES
@@ -65,7 +70,7 @@ def record_size(record: CaptureRecord) -> int:
     )
 
 
-class _RateLimitedLog:
+class RateLimitedLog:
     """At most one warning per key per interval; what was held back is counted in the next."""
 
     def __init__(self, logger: logging.Logger, interval_s: float) -> None:
@@ -115,10 +120,11 @@ class CaptureWriter:
         abandon_grace_s: float = 5.0,
         log_interval_s: float = 10.0,
         on_batch: BatchHook | None = None,
+        write: Write | None = None,
     ) -> None:
         if max_queue < 1 or max_queue_bytes < 1 or batch_size < 1 or max_attempts < 1:
             raise ValueError("max_queue, max_queue_bytes, batch_size and max_attempts must be ≥ 1")
-        self._store = store
+        self._write: Write = write if write is not None else store.write_batch
         self._max_queue = max_queue
         self._max_queue_bytes = max_queue_bytes
         self._batch_size = batch_size
@@ -129,14 +135,14 @@ class CaptureWriter:
         self._retry_max_s = retry_max_s
         self._abandon_grace_s = abandon_grace_s
         self._on_batch = on_batch
-        self._log = _RateLimitedLog(logger, log_interval_s)
+        self._log = RateLimitedLog(logger, log_interval_s)
 
         self.submitted_total = 0
         self.written_total = 0
         self.batches_total = 0
         self.dropped_total: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
 
-        self._queue: deque[tuple[CaptureRecord, int, float]] = deque()
+        self._queue: deque[tuple[CaptureRecord | bytes, int, float]] = deque()
         self._queued_bytes = 0
         self._in_flight = 0
         self._in_flight_bytes = 0
@@ -162,7 +168,7 @@ class CaptureWriter:
 
     # -- request path --------------------------------------------------------------------
 
-    def submit(self, record: CaptureRecord) -> bool:
+    def submit(self, record: CaptureRecord | bytes) -> bool:
         """Queue ``record`` for writing; False (and counted) when it is dropped.
 
         Never blocks, never raises, never touches the store. Call it on the event loop thread.
@@ -284,7 +290,7 @@ class CaptureWriter:
             self._in_flight = self._in_flight_bytes = 0
         # Cancelled (stop's deadline): the batch stays in flight, and stop() counts it.
 
-    async def _deliver(self, records: list[CaptureRecord]) -> None:
+    async def _deliver(self, records: list[CaptureRecord | bytes]) -> None:
         """Write ``records`` in one transaction, retrying; count each record exactly once."""
         attempt = 0
         while True:
@@ -295,7 +301,7 @@ class CaptureWriter:
             attempt += 1
             started = time.perf_counter()
             try:
-                await self._store.write_batch(records)
+                await self._write(records)
             except StoreFull as exc:
                 self._settle(len(records))
                 self._drop(len(records), "storage_full", f"capture store is full: {exc}")
@@ -336,7 +342,7 @@ class CaptureWriter:
                 return
             await self._backoff(attempt)
 
-    def _gave_up(self, records: list[CaptureRecord], attempt: int, exc: Exception) -> bool:
+    def _gave_up(self, records: list[CaptureRecord | bytes], attempt: int, exc: Exception) -> bool:
         if attempt < self._max_attempts:
             self._log.warning(
                 "retry", 1, "capture store error (%r); retrying a batch of %d", exc, len(records)

@@ -350,6 +350,16 @@ def m006_documents(conn: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m007_capture_spool(conn: sqlite3.Connection) -> None:
+    """``capture_spool``: one row, the spool position up to which frames are stored as
+    captures (``storage.spool``); the indexer moves it in the transaction that stores them."""
+    conn.execute(
+        "CREATE TABLE capture_spool ("
+        " id INTEGER PRIMARY KEY CHECK (id = 1), position INTEGER NOT NULL)"
+    )
+
+
 def _ensure_table(conn: sqlite3.Connection) -> None:
     conn.execute(
         "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"

@@ -2,11 +2,12 @@
 
 Connections: one writer (all writes, ``BEGIN IMMEDIATE`` per batch, serialised by a lock) and
 one read-only reader, each an aiosqlite connection with its own thread; migrations run on a
-short-lived connection of their own. Durability: ``synchronous=NORMAL`` in WAL mode, so a
-committed batch survives a process crash (kill -9) and the file never corrupts; a power loss
-may roll back the last commits. The database file is created with mode 0600 (SQLite gives its
-``-wal`` and ``-shm`` files the same mode). ``close()`` must be awaited: since aiosqlite 0.22 an
-unclosed connection keeps the process from exiting.
+short-lived connection of their own. Captures appended for deferred indexing go to plain files
+beside the database, in ``NAME.spool`` (``append_spool``, ``storage.spool``). Durability:
+``synchronous=NORMAL`` in WAL mode, so a committed batch survives a process crash (kill -9) and
+the file never corrupts; a power loss may roll back the last commits. The database file is
+created with mode 0600 (SQLite gives its ``-wal`` and ``-shm`` files the same mode). ``close()``
+must be awaited: since aiosqlite 0.22 an unclosed connection keeps the process from exiting.
 
 Request bodies are stored content-addressed (see ``storage._blobs``): repeated system prompts,
 tool lists and conversation prefixes are kept once. Data of 4 KiB or more (large segments,
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import secrets
 import sqlite3
@@ -31,7 +33,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from storage import _sqlite_datasets, _sqlite_read, _sqlite_search, migrations
+from storage import _sqlite_datasets, _sqlite_read, _sqlite_search, migrations, spool
 from storage._rows import (
     CAPTURE_COLUMNS,
     EncodedBatch,
@@ -67,7 +69,7 @@ _INSERT_TAG = "INSERT OR IGNORE INTO capture_tags (seq, key, value) VALUES (?, ?
 
 
 @contextlib.contextmanager
-def _translated_errors() -> Iterator[None]:
+def translated_errors() -> Iterator[None]:
     """Turn sqlite3 / aiosqlite errors into ``StoreError`` subclasses."""
     try:
         yield
@@ -108,12 +110,64 @@ def _encode_chunk(records: Sequence[CaptureRecord]) -> EncodedBatch:
         raise StoreError(f"cannot encode capture batch: {exc}") from exc
 
 
-def _write_batches_sync(
-    conn: sqlite3.Connection, batches: list[EncodedBatch], records: Sequence[CaptureRecord]
+def encode_records(records: Sequence[CaptureRecord]) -> list[EncodedBatch]:
+    """``records`` encoded for ``write_encoded`` (``StoreError`` when one cannot be)."""
+    return [_encode_chunk(records)] if records else []
+
+
+# The writer connection's settings, in this order (page_size only matters for a new file).
+_WRITER_PRAGMAS = (
+    # New files only: 8 KiB pages pack ~3 KiB capture rows with ~20 % less waste.
+    "page_size = 8192",
+    "journal_mode = WAL",
+    "synchronous = NORMAL",
+    "foreign_keys = ON",
+    # Deleted content is overwritten with zeros, not just unlinked (hard delete).
+    "secure_delete = ON",
+    "journal_size_limit = 67108864",
+    # 2 MiB: the writer only appends; a 16 MiB cache measured as a steady RSS climb
+    # in the T16 soak (bench/soak.py) with no gain in write throughput.
+    "cache_size = -2048",
+)
+
+
+def _max_page_count(conn: sqlite3.Connection, max_bytes: int) -> None:
+    page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+    conn.execute(f"PRAGMA max_page_count = {max(1, max_bytes // page_size)}").fetchall()
+
+
+def open_sync_writer(
+    path: str, *, busy_timeout_s: float = 5.0, max_bytes: int | None = None
+) -> sqlite3.Connection:
+    """A second writing connection to a store's file, set up like the store's own writer
+    (for the capture indexer's process, ``storage.inbox``). The file must exist."""
+    if not os.path.exists(path):
+        raise sqlite3.OperationalError(f"unable to open database file {path!r}")
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}").fetchall()
+        for pragma in _WRITER_PRAGMAS:
+            conn.execute(f"PRAGMA {pragma}").fetchall()
+        if max_bytes is not None:
+            _max_page_count(conn, max_bytes)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def write_encoded(
+    conn: sqlite3.Connection,
+    batches: list[EncodedBatch],
+    records: Sequence[CaptureRecord],
+    *,
+    spool_position: int | None = None,
 ) -> None:
     """One transaction for all ``batches``; ids already stored are skipped (idempotent).
 
-    New captures are added to the full-text index in the same transaction.
+    New captures are added to the full-text index in the same transaction, and with
+    ``spool_position`` the spool position they were read up to is recorded in it
+    (``storage.spool``).
     """
     by_id = {record.id: record for record in records}
     conn.execute("BEGIN IMMEDIATE")
@@ -143,6 +197,8 @@ def _write_batches_sync(
             if tag_rows:
                 conn.executemany(_INSERT_TAG, tag_rows)
             _sqlite_search.index_records(conn, [by_id[c.id] for c in new], seqs)
+        if spool_position is not None:
+            spool.store_position(conn, spool_position)
         conn.execute("COMMIT")
     except BaseException:
         # Some errors (SQLITE_FULL) end the transaction already; then ROLLBACK fails.
@@ -203,6 +259,11 @@ class SQLiteStore(SharedReads, CaptureQueries, DatasetTables, JobTables, Documen
         self._open_lock = asyncio.Lock()
         self._write_lock = asyncio.Lock()
         self._read_lock = asyncio.Lock()
+        self._spool_lock = asyncio.Lock()
+        self._spool: spool.SpoolWriter | None = None  # opened by the first append_spool
+        # Where the indexer has stored the spool up to (set by whoever runs it): a segment
+        # that is all stored is closed early, so the indexer can erase it.
+        self.spool_stored: Callable[[], int] | None = None
         self._closed = False
 
     async def __aenter__(self) -> SQLiteStore:
@@ -231,7 +292,7 @@ class SQLiteStore(SharedReads, CaptureQueries, DatasetTables, JobTables, Documen
                 if self._closed:
                     raise StoreUnavailable("store is closed")
                 if self._writer is None or self._reader is None:
-                    with _translated_errors():
+                    with translated_errors():
                         await self._open_connections()
         assert self._writer is not None and self._reader is not None
         return self._writer, self._reader
@@ -241,20 +302,7 @@ class SQLiteStore(SharedReads, CaptureQueries, DatasetTables, JobTables, Documen
         timeout_ms = int(self.busy_timeout_s * 1000)
         writer = await aiosqlite.connect(self.path, isolation_level=None)
         try:
-            for pragma in (
-                f"busy_timeout = {timeout_ms}",
-                # New files only: 8 KiB pages pack ~3 KiB capture rows with ~20 % less waste.
-                "page_size = 8192",
-                "journal_mode = WAL",
-                "synchronous = NORMAL",
-                "foreign_keys = ON",
-                # Deleted content is overwritten with zeros, not just unlinked (hard delete).
-                "secure_delete = ON",
-                "journal_size_limit = 67108864",
-                # 2 MiB: the writer only appends; a 16 MiB cache measured as a steady RSS climb
-                # in the T16 soak (bench/soak.py) with no gain in write throughput.
-                "cache_size = -2048",
-            ):
+            for pragma in (f"busy_timeout = {timeout_ms}", *_WRITER_PRAGMAS):
                 await writer.execute_fetchall(f"PRAGMA {pragma}")
             await self._apply_max_bytes(writer)
             reader = await aiosqlite.connect(self.path, isolation_level=None)
@@ -282,7 +330,7 @@ class SQLiteStore(SharedReads, CaptureQueries, DatasetTables, JobTables, Documen
         writer, _ = await self._connections()
         async with self._write_lock:
             self.max_bytes = max_bytes
-            with _translated_errors():
+            with translated_errors():
                 if max_bytes is None:
                     await writer.execute_fetchall("PRAGMA max_page_count = 4294967294")
                 else:
@@ -291,8 +339,11 @@ class SQLiteStore(SharedReads, CaptureQueries, DatasetTables, JobTables, Documen
     async def close(self) -> None:
         if self._closed:
             return
-        async with self._open_lock, self._write_lock, self._read_lock:
+        async with self._open_lock, self._write_lock, self._read_lock, self._spool_lock:
             self._closed = True
+            if self._spool is not None:
+                self._spool.close()
+                self._spool = None
             connections = [c for c in (self._reader, self._writer) if c is not None]
             self._writer = self._reader = None
             for conn in connections:
@@ -303,13 +354,13 @@ class SQLiteStore(SharedReads, CaptureQueries, DatasetTables, JobTables, Documen
 
     async def migrate(self) -> list[str]:
         await self._connections()  # creates the file with the right mode, enables WAL
-        with _translated_errors():
+        with translated_errors():
             return await asyncio.to_thread(_migrate_sync, self.path, self.busy_timeout_s)
 
     async def pending_migrations(self) -> list[str]:
         _, reader = await self._connections()
         async with self._read_lock:
-            with _translated_errors():
+            with translated_errors():
                 exists = list(
                     await reader.execute_fetchall(
                         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_migrations'"
@@ -338,10 +389,64 @@ class SQLiteStore(SharedReads, CaptureQueries, DatasetTables, JobTables, Documen
                 await asyncio.sleep(0)
             encoded.append(_encode_chunk(records[start : start + _ENCODE_CHUNK]))
         async with self._write_lock:
-            with _translated_errors():
+            with translated_errors():
                 # aiosqlite 0.22's Connection._execute runs fn on the connection's thread
                 # (pinned in requirements/*.txt; tests cover this path).
-                await writer._execute(_write_batches_sync, writer._conn, encoded, records)  # type: ignore[no-untyped-call]
+                await writer._execute(write_encoded, writer._conn, encoded, records)  # type: ignore[no-untyped-call]
+
+    async def append_spool(self, payloads: Sequence[bytes]) -> None:
+        """Append packed exchanges to the store's spool in one write (``storage.spool``).
+
+        The spool is plain files with a lock of its own: an append never waits for the
+        database. Errors: ``StoreFull`` (no space left), else ``StoreUnavailable``.
+        """
+        if not payloads:
+            return
+        async with self._spool_lock:
+            if self._closed:
+                raise StoreUnavailable("store is closed")
+            try:
+                if self._spool is None:
+                    await self._open_spool()
+                assert self._spool is not None
+                if self.spool_stored is not None:
+                    self._spool.rotate_if_read(self.spool_stored())
+                await asyncio.to_thread(self._spool.append, payloads)
+            except OSError as exc:
+                message = f"capture spool: {exc.strerror or exc}"
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise StoreFull(message) from exc
+                raise StoreUnavailable(message) from exc
+
+    async def open_spool(self) -> None:
+        """Open the spool for appending now (else the first append does): a second process
+        on the same database fails here, with ``StoreUnavailable``."""
+        async with self._spool_lock:
+            if self._spool is None:
+                try:
+                    await self._open_spool()
+                except OSError as exc:
+                    raise StoreUnavailable(f"capture spool: {exc.strerror or exc}") from exc
+
+    async def _open_spool(self) -> None:
+        floor = await self._read(spool.stored_position)
+        self._spool = await asyncio.to_thread(
+            spool.SpoolWriter, spool.spool_dir(self.path), floor=floor
+        )
+
+    async def erase_spool(self) -> None:
+        """Close the spool and erase its files (zeros first): call only when the indexer has
+        stored everything in it (a graceful stop does, after the indexer drained)."""
+        async with self._spool_lock:
+            if self._spool is not None:
+                self._spool.close()
+                self._spool = None
+            await asyncio.to_thread(spool.erase, spool.spool_dir(self.path))
+
+    @property
+    def spool_end(self) -> int | None:
+        """The spool position after the last frame appended (None before the first)."""
+        return self._spool.end if self._spool is not None else None
 
     @staticmethod
     async def _rollback(conn: aiosqlite.Connection) -> None:
@@ -358,7 +463,7 @@ class SQLiteStore(SharedReads, CaptureQueries, DatasetTables, JobTables, Documen
         """Run ``fn(conn, *args)`` in one read transaction on the reader's thread."""
         _, reader = await self._connections()
         async with self._read_lock:
-            with _translated_errors():
+            with translated_errors():
                 result: T = await reader._execute(  # type: ignore[no-untyped-call]
                     _sqlite_read.read_snapshot, reader._conn, fn, *args
                 )
@@ -368,7 +473,7 @@ class SQLiteStore(SharedReads, CaptureQueries, DatasetTables, JobTables, Documen
         """Run ``fn(conn, *args)`` on the writer's thread (``fn`` owns its transaction)."""
         writer, _ = await self._connections()
         async with self._write_lock:
-            with _translated_errors():
+            with translated_errors():
                 result: T = await writer._execute(fn, writer._conn, *args)  # type: ignore[no-untyped-call]
         return result
 
@@ -376,7 +481,7 @@ class SQLiteStore(SharedReads, CaptureQueries, DatasetTables, JobTables, Documen
         """The install's random 32-byte secret, created on first use (needs migration m002)."""
         writer, _ = await self._connections()
         async with self._write_lock:
-            with _translated_errors():
+            with translated_errors():
                 await writer.execute(
                     "INSERT OR IGNORE INTO install (id, secret, created_at) VALUES (1, ?, ?)",
                     (secrets.token_bytes(32), time.time()),
@@ -387,5 +492,5 @@ class SQLiteStore(SharedReads, CaptureQueries, DatasetTables, JobTables, Documen
     async def ping(self) -> None:
         _, reader = await self._connections()
         async with self._read_lock:
-            with _translated_errors():
+            with translated_errors():
                 await reader.execute_fetchall("SELECT 1")

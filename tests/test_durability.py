@@ -14,6 +14,8 @@ import time
 import httpx
 import pytest
 
+from proxy import frames
+from storage import spool
 from tests.test_cli import free_port, wait_http
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
@@ -65,9 +67,12 @@ async def load(base: str, stop_at: float, done: list[tuple[str, float]]) -> None
 
 
 def stored_ids(db) -> set[str]:
+    """Ids of the captures stored, including those spooled and not yet indexed (durable too:
+    the next start indexes them, see test_a_restart_indexes_what_a_crash_left_spooled)."""
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        return {row[0] for row in conn.execute("SELECT id FROM captures")}
+        stored = {row[0] for row in conn.execute("SELECT id FROM captures")}
+    return stored | {frames.decode(payload).capture_id for payload in spool.waiting(str(db))}
 
 
 def run_until_signal(mock_url: str, db, sig: int, after: float) -> tuple[int, list, float]:
@@ -97,6 +102,25 @@ def test_t12_graceful_stop_under_load_loses_no_capture(mock_url, tmp_path):
     assert missing == set()
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as file:
+                    parent = int(file.read().rpartition(b")")[2].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def crash_cycle(mock_url: str, db) -> None:
     code, done, killed = run_until_signal(mock_url, db, signal.SIGKILL, after=1.5)
     assert code == -signal.SIGKILL
@@ -111,6 +135,44 @@ def crash_cycle(mock_url: str, db) -> None:
 
 def test_t13_kill_9_keeps_the_database_intact(mock_url, tmp_path):
     crash_cycle(mock_url, tmp_path / "crash.db")
+
+
+def test_a_restart_indexes_what_a_crash_left_spooled(mock_url, tmp_path):
+    """kill -9 while the indexer is held back: the spool keeps every capture the client got,
+    and the next start stores them all, each once."""
+    db = tmp_path / "crash.db"
+    proc, base = start_serve(mock_url, db)
+    helpers = descendants(proc.pid)  # the indexer and its fork server
+    assert helpers
+    for pid in helpers:
+        os.kill(pid, signal.SIGSTOP)  # held back: everything stays in the spool
+    got = []
+    with httpx.Client(timeout=10) as client:
+        for _ in range(40):
+            r = client.post(base + "/v1/chat/completions", json=CHAT)
+            got.append(r.headers["x-stillroom-capture-id"])
+    time.sleep(0.3)  # past the flush interval: all spooled
+    for pid in [proc.pid, *helpers]:
+        os.kill(pid, signal.SIGKILL)
+    proc.wait(30)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM captures").fetchone()[0] == 0
+    assert set(got) <= stored_ids(db)
+    proc, base = start_serve(mock_url, db)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            with sqlite3.connect(db) as conn:
+                ids = [row[0] for row in conn.execute("SELECT id FROM captures")]
+            if set(got) <= set(ids):
+                break
+            assert time.monotonic() < deadline, "the restart did not index the spool"
+            time.sleep(0.1)
+        assert len(ids) == len(set(ids))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    assert not os.path.exists(spool.spool_dir(str(db)))
 
 
 @pytest.mark.slow

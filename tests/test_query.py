@@ -302,6 +302,7 @@ def test_migration_from_m002_keeps_captures_and_indexes_them(tmp_path: Path) -> 
                 "m004_datasets",
                 "m005_training_jobs",
                 "m006_documents",
+                "m007_capture_spool",
             ]
             got = await store.get_capture(record.id)
             assert got is not None and got.record == record

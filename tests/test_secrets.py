@@ -90,10 +90,19 @@ def test_t20_canary_keys_appear_nowhere(mock_url, tmp_path):
             if b"stillroom_captures_written_total 5.0" in httpx.get(base + "/metrics").content:
                 break
             time.sleep(0.05)
+        # The spool holds each exchange whole until a graceful stop erases it: look now.
+        spooled = list((tmp_path / "canary.db.spool").glob("*.seg"))
+        assert spooled, "captures were spooled"
+        for path in spooled:
+            assert leaks(path.read_bytes()) == [], path.name
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
-    files = [p for p in tmp_path.iterdir() if p.name.startswith("canary.db")]
+    files = [
+        p
+        for p in tmp_path.rglob("*")
+        if p.is_file() and p.parts[len(tmp_path.parts)].startswith("canary.db")
+    ]
     assert files, "the database was written"
     for path in [*files, log]:
         assert leaks(path.read_bytes()) == [], path.name

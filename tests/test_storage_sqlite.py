@@ -18,7 +18,7 @@ from storage.base import NullStore, Store
 from storage.errors import StoreBusy, StoreError, StoreFull, StoreUnavailable
 from storage.ids import new_capture_id
 from storage.models import Usage
-from storage.sqlite import SQLiteStore, _translated_errors
+from storage.sqlite import SQLiteStore, translated_errors
 from tests.conftest import make_capture
 
 pytestmark = pytest.mark.anyio
@@ -235,6 +235,7 @@ EXPECTED_COLUMNS = {
     ],
     "documents": ["kind", "id", "version", "created_at", "updated_at", "body"],
     "document_items": ["seq", "kind", "parent", "created_at", "body"],
+    "capture_spool": ["id", "position"],
 }  # fmt: skip
 EXPECTED_INDEXES = {
     "captures_created_at": ["created_at"],
@@ -442,7 +443,7 @@ def test_driver_errors_map_onto_the_store_tree(
     error: Exception, expected: type[StoreError]
 ) -> None:
     with pytest.raises(expected) as caught:
-        with _translated_errors():
+        with translated_errors():
             raise error
     assert type(caught.value) is expected
     assert caught.value.__cause__ is error

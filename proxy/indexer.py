@@ -1,0 +1,432 @@
+"""The capture indexer: a child process that turns spooled exchanges into capture records.
+
+With a SQLite store, capture costs a request almost nothing: the tee's copy is packed
+(``proxy.frames``) and the writer appends a batch of them to the store's spool with one write
+(``storage.spool``). Everything else a capture needs (parsing the request, reassembling the
+stream, the record, content-addressed request blobs, tags, the full-text index) happens here,
+in a process of its own, at idle priority: on Linux ``SCHED_IDLE``, so the kernel runs it only
+on CPU time nothing else wants, elsewhere ``nice 19``. Where ``/proc`` exists it also waits
+while the proxy process itself used more than ``busy_share`` of a core over the last tenth of
+a second: a proxy near saturation then keeps its caches, and a container's CPU quota, to
+itself. A busy proxy therefore spends its CPU on requests, and the backlog is indexed when
+load drops.
+
+Bounds: when the oldest waiting exchange is older than ``max_lag_s``, or more than
+``max_backlog_bytes`` wait, the indexer runs at normal priority and stops waiting for the
+proxy, until it is back under half of both (on Linux; a ``nice``d process cannot raise itself
+back). On a graceful stop the parent sends ``drain``: the indexer indexes everything left at
+normal priority, then exits; what a deadline cuts off stays in the spool and is indexed after
+the next start. If the parent dies (``kill -9``), the pipe closes and the indexer exits: each
+batch is one database transaction, so it is stored whole or not at all. A crashed indexer is
+restarted by the parent; the spool waits for it.
+
+Each batch of records is stored together with the spool position after its last frame
+(``capture_spool``), so every spooled exchange becomes a capture exactly once. Counting, in a
+shared array the parent's metrics read: records indexed, exchanges that could not be built
+into a record (``capture_error``), records the store rejected (``storage_error``), the spool
+position stored, the backlog's lag, and bytes of spool that could not be read (a torn or
+corrupt segment end, logged). Each is counted when the transaction that moves the position
+past it commits. Retriable store errors (locked, full, unavailable) keep the position and
+retry with capped backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from proxy import frames
+from proxy.records import build_record
+from proxy.tasks import cancel_and_wait, spawn
+from proxy.writer import RateLimitedLog
+from storage import spool
+from storage.errors import StoreError
+from storage.models import CaptureRecord
+from storage.sqlite import encode_records, open_sync_writer, translated_errors, write_encoded
+
+# Slots of the shared counter array.
+INDEXED, CAPTURE_ERROR, STORAGE_ERROR, POSITION, END, LAG_MS, RETRIES, SKIPPED_BYTES = range(8)
+_SLOTS = 8
+
+RETRY_INITIAL_S = 0.05
+RETRY_MAX_S = 2.0
+BUSY_WINDOW_S = 0.1
+DRAIN = "drain"
+
+logger = logging.getLogger("stillroom.indexer")
+
+
+@dataclass(frozen=True, slots=True)
+class IndexerOptions:
+    path: str  # the SQLite database file; its spool is beside it
+    batch_size: int = 200  # exchanges stored per transaction
+    max_lag_s: float = 60.0
+    max_backlog_bytes: int = 1 << 30
+    poll_s: float = 0.05  # how often an idle indexer looks for new exchanges
+    busy_share: float = 0.5  # wait while the proxy used more of a core than this
+    server_pid: int | None = None  # the proxy process, whose CPU use is watched
+    busy_timeout_s: float = 5.0
+    max_bytes: int | None = None  # the store's size cap, if any
+
+
+# -- the child process -----------------------------------------------------------------------
+
+
+class _Priority:
+    """Idle priority, or normal while the backlog is over its bounds."""
+
+    def __init__(self) -> None:
+        self.idle: bool | None = None
+
+    def set(self, idle: bool) -> None:
+        if idle == self.idle:
+            return
+        if _apply(idle) or (idle and self.idle is None):
+            self.idle = idle
+
+
+def _apply(idle: bool) -> bool:
+    """Switch this process to idle or normal scheduling; False where that is not possible."""
+    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
+        policy = os.SCHED_IDLE if idle else os.SCHED_OTHER
+        try:
+            os.sched_setscheduler(0, policy, os.sched_param(0))
+        except OSError:
+            return False
+        return True
+    if idle:
+        os.nice(19)  # no way back: normal priority is not available
+    return False
+
+
+class _ServerLoad:
+    """The share of a core the proxy process used since the last look (from /proc)."""
+
+    def __init__(self, pid: int | None) -> None:
+        self._path = f"/proc/{pid}/stat" if pid is not None else None
+        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self._last: tuple[float, float] | None = None
+
+    def _cpu(self) -> float | None:
+        if self._path is None:
+            return None
+        try:
+            with open(self._path, "rb") as file:
+                fields = file.read().rpartition(b")")[2].split()
+        except OSError:
+            self._path = None
+            return None
+        return (int(fields[11]) + int(fields[12])) / self._tick
+
+    def busy(self, share: float) -> bool:
+        """True when the proxy used more than ``share`` of a core over the last window."""
+        cpu = self._cpu()
+        if cpu is None:
+            return False
+        now = time.monotonic()
+        last, self._last = self._last, (now, cpu)
+        if last is None or now - last[0] <= 0:
+            return False
+        return (cpu - last[1]) / (now - last[0]) > share
+
+
+def _wait(pipe: multiprocessing.connection.Connection, seconds: float) -> None:
+    """Sleep up to ``seconds``; a message from the parent (or its death) wakes us early."""
+    try:
+        pipe.poll(seconds)
+    except (EOFError, OSError):
+        pass
+
+
+class _Indexer:
+    """The child's state: its database connection, the spool reader, and the counters."""
+
+    def __init__(self, options: IndexerOptions, counters: Any) -> None:
+        self.options = options
+        self.counters = counters
+        self.folder = spool.spool_dir(options.path)
+        with translated_errors():
+            self.db = open_sync_writer(
+                options.path, busy_timeout_s=options.busy_timeout_s, max_bytes=options.max_bytes
+            )
+            try:
+                position = spool.stored_position(self.db)
+            except BaseException:
+                self.db.close()
+                raise
+        self.reader = spool.SpoolReader(self.folder, position)
+        counters[POSITION] = position
+        self.log = RateLimitedLog(logger, 10.0)
+
+    def close(self) -> None:
+        self.log.flush()
+        self.db.close()
+
+    def backlog(self) -> int:
+        end = spool.end_position(self.folder)
+        self.counters[END] = end
+        return max(0, end - int(self.counters[POSITION]))
+
+    def step(self) -> float | None:
+        """Index one batch; its lag in seconds, or None when nothing waits."""
+        batch = self.reader.read(self.options.batch_size)
+        self._report_skipped()
+        if not batch:
+            self.counters[LAG_MS] = 0
+            return None
+        items: list[tuple[int, CaptureRecord | None]] = []
+        oldest: float | None = None
+        for frame in batch:
+            try:
+                copy = frames.decode(frame.payload)
+                oldest = copy.created_at if oldest is None else oldest
+                items.append((frame.after, build_record(copy)))
+            except Exception as exc:  # a capture bug costs that capture, never the indexer
+                items.append((frame.after, None))
+                self.log.warning("build", 1, "could not build a spooled capture (%r); dropped", exc)
+        lag = max(0.0, time.time() - oldest) if oldest is not None else 0.0
+        self.counters[LAG_MS] = int(lag * 1000)
+        try:
+            self._store(items)
+        except BaseException:
+            self.reader.position = int(self.counters[POSITION])  # read again next time
+            raise
+        self.reader.collect(int(self.counters[POSITION]))
+        return lag
+
+    def _store(self, items: list[tuple[int, CaptureRecord | None]]) -> None:
+        """Store the records of ``items`` and the position after the last one, in one
+        transaction; a record the store cannot take is isolated by halving and dropped."""
+        records = [record for _, record in items if record is not None]
+        try:
+            self._commit(records, items[-1][0], broken=len(items) - len(records))
+        except Exception as exc:
+            if (isinstance(exc, StoreError) and type(exc) is not StoreError) or not records:
+                raise  # retriable (locked, full, unavailable): nothing stored, nothing counted
+            if len(records) == 1:
+                self.log.warning("rejected", 1, "capture %s rejected: %s", records[0].id, exc)
+                self._commit([], items[-1][0], broken=len(items) - 1, rejected=1)
+                return
+            half = len(items) // 2
+            self._store(items[:half])
+            self._store(items[half:])
+
+    def _commit(
+        self, records: list[CaptureRecord], position: int, *, broken: int, rejected: int = 0
+    ) -> None:
+        with translated_errors():
+            write_encoded(self.db, encode_records(records), records, spool_position=position)
+        self.counters[POSITION] = position
+        self.counters[INDEXED] += len(records)
+        self.counters[CAPTURE_ERROR] += broken
+        self.counters[STORAGE_ERROR] += rejected
+
+    def _report_skipped(self) -> None:
+        for gap in self.reader.skipped:
+            self.counters[SKIPPED_BYTES] += gap.end - gap.start
+            self.log.warning(
+                "skipped",
+                1,
+                "capture spool: %d bytes at position %d could not be read (%s); skipped",
+                gap.end - gap.start,
+                gap.start,
+                gap.why,
+            )
+        self.reader.skipped.clear()
+
+
+def run(
+    options: IndexerOptions, counters: Any, pipe: multiprocessing.connection.Connection
+) -> None:
+    """The indexer process: index the spool until drained (``drain``) or orphaned."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group: the parent drains us
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    priority = _Priority()
+    priority.set(idle=True)
+    load = _ServerLoad(options.server_pid)
+    indexer: _Indexer | None = None
+    draining = False
+    delay = RETRY_INITIAL_S
+    try:
+        while True:
+            try:
+                if pipe.poll():
+                    pipe.recv()
+                    draining = True
+                    priority.set(idle=False)
+            except (EOFError, OSError):
+                return  # the parent is gone
+            try:
+                if indexer is None:
+                    indexer = _Indexer(options, counters)
+                waiting = indexer.backlog()
+                if not waiting:
+                    if draining:
+                        return
+                    priority.set(idle=True)
+                    _wait(pipe, options.poll_s)
+                    continue
+                lag_s = int(counters[LAG_MS]) / 1000
+                over = _over_bounds(options, priority.idle, lag_s, waiting)
+                if not draining:
+                    priority.set(idle=not over)
+                    if not over and load.busy(options.busy_share):
+                        _wait(pipe, BUSY_WINDOW_S)
+                        continue
+                if indexer.step() is None:
+                    _wait(pipe, options.poll_s)  # a frame is being written: look again soon
+                delay = RETRY_INITIAL_S
+            except (StoreError, OSError) as exc:  # locked, full, unavailable: the spool waits
+                counters[RETRIES] += 1
+                logger.warning("capture indexer: %s; retrying in %.2f s", exc, delay)
+                _wait(pipe, delay)
+                delay = min(RETRY_MAX_S, delay * 2)
+    finally:
+        if indexer is not None:
+            indexer.close()
+
+
+def _over_bounds(options: IndexerOptions, idle: bool | None, lag_s: float, waiting: int) -> bool:
+    """Over either bound; once over, until back under half of both."""
+    if lag_s > options.max_lag_s or waiting > options.max_backlog_bytes:
+        return True
+    return idle is False and (
+        lag_s > options.max_lag_s / 2 or waiting > options.max_backlog_bytes // 2
+    )
+
+
+# -- the parent's handle ---------------------------------------------------------------------
+
+
+def _context() -> Any:
+    """forkserver where there is one (a fork of a small clean process: fast and thread-safe),
+    else spawn."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["proxy.indexer"])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+class CaptureIndexer:
+    """Starts, watches and stops the indexer process; its counters for the metrics."""
+
+    def __init__(
+        self,
+        options: IndexerOptions,
+        *,
+        spool_end: Callable[[], int | None] = lambda: None,
+        restart_after_s: float = 1.0,
+    ) -> None:
+        """``spool_end``: where the proxy's own appends have reached (the backlog's end
+        before the indexer has looked)."""
+        self.options = dataclasses.replace(options, server_pid=os.getpid())
+        self._spool_end = spool_end
+        self._ctx = _context()
+        self._counters = self._ctx.Array("q", _SLOTS, lock=False)
+        self._process: Any = None
+        self._pipe: multiprocessing.connection.Connection | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._restart_after_s = restart_after_s
+        self._stopping = False
+        self.restarts = 0
+
+    # -- counters ----------------------------------------------------------------------------
+
+    @property
+    def indexed_total(self) -> int:
+        return int(self._counters[INDEXED])
+
+    @property
+    def backlog_bytes(self) -> int:
+        """Spooled bytes not yet stored as captures."""
+        end = max(self._spool_end() or 0, int(self._counters[END]))
+        return max(0, end - int(self._counters[POSITION]))
+
+    @property
+    def lag_s(self) -> float:
+        return int(self._counters[LAG_MS]) / 1000.0
+
+    @property
+    def stored_position(self) -> int:
+        """The spool position up to which captures are stored."""
+        return int(self._counters[POSITION])
+
+    @property
+    def skipped_bytes(self) -> int:
+        """Spool bytes that could not be read (torn or corrupt) and were skipped."""
+        return int(self._counters[SKIPPED_BYTES])
+
+    def dropped_total(self) -> dict[str, int]:
+        return {
+            "capture_error": int(self._counters[CAPTURE_ERROR]),
+            "storage_error": int(self._counters[STORAGE_ERROR]),
+        }
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.is_alive()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._spawn)
+        self._watch = spawn(self._watchdog(), name="capture-indexer-watchdog")
+
+    def _spawn(self) -> None:
+        parent, child = self._ctx.Pipe()
+        process = self._ctx.Process(
+            target=run,
+            args=(self.options, self._counters, child),
+            name="stillroom-indexer",
+            daemon=True,
+        )
+        process.start()
+        child.close()
+        self._process, self._pipe = process, parent
+
+    async def _watchdog(self) -> None:
+        delay = self._restart_after_s
+        while not self._stopping:
+            await asyncio.sleep(delay)
+            if self._stopping or self.alive:
+                delay = self._restart_after_s
+                continue
+            code = self._process.exitcode if self._process is not None else None
+            self.restarts += 1
+            logger.error("capture indexer exited (code %s); restarting it", code)
+            await asyncio.to_thread(self._spawn)
+            delay = min(30.0, delay * 2)
+
+    async def stop(self, deadline_s: float) -> int:
+        """Index what is left (up to ``deadline_s``) and stop; the bytes left for the next
+        start."""
+        self._stopping = True
+        await cancel_and_wait(self._watch)
+        process, pipe = self._process, self._pipe
+        if process is None or pipe is None:
+            return 0
+        try:
+            pipe.send(DRAIN)
+        except OSError:
+            pass
+        await asyncio.to_thread(process.join, deadline_s)
+        if process.is_alive():
+            process.terminate()
+            await asyncio.to_thread(process.join, 5.0)
+            if process.is_alive():
+                process.kill()
+                await asyncio.to_thread(process.join, 5.0)
+        pipe.close()
+        return self.backlog_bytes

@@ -1,0 +1,376 @@
+"""The capture spool of a SQLite store: exchanges kept whole, in plain append-only files, until
+the indexer turns them into capture rows.
+
+Appending to the spool is the only storage work a captured request causes: the writer joins a
+batch of frames and writes it with one system call. Parsing, reassembly, content-addressed
+request blobs, the capture row, its tags and the full-text index are the indexer's work
+(``proxy.indexer``), done in its own process at idle priority through a ``SpoolReader``.
+
+Layout: the folder ``NAME.spool`` beside the database ``NAME`` (mode 0700), holding segment
+files (mode 0600) named after the spool position where they start, in 16 hex digits
+(``0000000000a00000.seg``). A position counts bytes over the whole spool, so a segment's
+frames have positions ``start`` to ``start + size``. Each frame is a record header (payload
+length and Adler-32 checksum of the payload, little-endian uint32 each) and the payload: an exchange
+packed by ``proxy.frames``, opaque here.
+
+Who moves what:
+
+* The writer (``SpoolWriter``, in the proxy) only appends, to the newest segment, and starts a
+  new one when that reaches ``segment_bytes`` and at every start (the last segment of a
+  process killed mid-write may end in a torn frame; nothing is appended after it).
+* The indexer stores a batch of captures and the position after its last frame in one
+  database transaction (table ``capture_spool``), so each frame becomes a capture exactly
+  once, whatever crashes when. It then deletes segments that lie wholly before that position,
+  overwriting them with zeros first (as ``secure_delete`` does in the database).
+
+A frame the indexer cannot read (a torn tail after a crash, a checksum mismatch after a power loss)
+ends its segment for the reader: it skips to the next segment and reports the bytes skipped.
+
+Durability matches the database's ``synchronous = NORMAL``: nothing is fsynced, so a process
+crash loses nothing written, and a power loss may lose the last moments.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import struct
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on Windows: no lock
+    fcntl = None  # type: ignore[assignment]
+
+SUFFIX = ".spool"
+SEGMENT_BYTES = 64 * 1024 * 1024
+MAX_FRAME_BYTES = 1 << 31  # a header claiming more is corrupt
+_HEADER = struct.Struct("<II")
+_READ_CHUNK = 1024 * 1024
+_ZEROS = bytes(1024 * 1024)
+
+
+def spool_dir(database: str) -> str:
+    """The spool folder of the SQLite database at ``database``."""
+    return database + SUFFIX
+
+
+def segment_name(start: int) -> str:
+    return f"{start:016x}.seg"
+
+
+def segments(folder: str) -> list[tuple[int, str]]:
+    """(start position, path) of each segment in ``folder``, oldest first (none: empty)."""
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        stem, dot, ext = name.partition(".")
+        if ext == "seg" and dot and len(stem) == 16:
+            with contextlib.suppress(ValueError):
+                found.append((int(stem, 16), os.path.join(folder, name)))
+    return sorted(found)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def end_position(folder: str) -> int:
+    """The position after the last byte of the newest segment (0 for an empty spool)."""
+    found = segments(folder)
+    if not found:
+        return 0
+    start, path = found[-1]
+    return start + _size(path)
+
+
+def encode_frames(payloads: Sequence[bytes]) -> bytes:
+    """``payloads`` as spool frames, back to back."""
+    parts: list[bytes] = []
+    for payload in payloads:
+        parts.append(_HEADER.pack(len(payload), zlib.adler32(payload)))
+        parts.append(payload)
+    return b"".join(parts)
+
+
+class SpoolWriter:
+    """Appends frames to a spool (synchronous; one per spool, in the proxy's process).
+
+    ``floor``: the indexer's stored position; a new segment never starts below it, so a
+    spool folder removed by hand does not make the indexer skip new frames.
+    """
+
+    def __init__(self, folder: str, *, floor: int = 0, segment_bytes: int = SEGMENT_BYTES) -> None:
+        self.folder = folder
+        self.segment_bytes = segment_bytes
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        self._fd = -1
+        self._lock = _lock(folder)
+        try:
+            self.end = max(end_position(folder), floor)
+            self._fd = self._open_segment()
+        except BaseException:
+            os.close(self._lock)
+            raise
+
+    def _open_segment(self) -> int:
+        path = os.path.join(self.folder, segment_name(self.end))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        if os.fstat(fd).st_size:  # never append after bytes of an earlier process
+            os.close(fd)
+            raise OSError(f"spool segment {path} exists already")
+        self._start = self.end
+        return fd
+
+    def append(self, payloads: Sequence[bytes]) -> None:
+        """Write ``payloads`` as frames; on an error nothing of them stays (OSError raised)."""
+        data = encode_frames(payloads)
+        size = self.end - self._start
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, size)  # no torn frame is left for the reader
+            raise
+        self.end += len(data)
+        if self.end - self._start >= self.segment_bytes:
+            os.close(self._fd)
+            self._fd = -1
+            self._fd = self._open_segment()
+
+    def rotate_if_read(self, stored: int, min_bytes: int = 1024 * 1024) -> bool:
+        """Start a new segment when everything in this one (at least ``min_bytes``) is stored
+        as captures (up to ``stored``): the indexer can then erase it, so captures do not
+        linger here until the segment fills."""
+        if self.end - self._start < min_bytes or stored < self.end:
+            return False
+        os.close(self._fd)
+        self._fd = -1
+        self._fd = self._open_segment()
+        return True
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._lock >= 0:
+            os.close(self._lock)  # releases the lock
+            self._lock = -1
+
+
+class SpoolBusy(OSError):
+    """Another process writes to this spool (one proxy process per SQLite database)."""
+
+
+def _lock(folder: str) -> int:
+    """Hold ``folder``'s writer lock for as long as the returned descriptor is open."""
+    fd = os.open(os.path.join(folder, "writer.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise SpoolBusy(
+                exc.errno,
+                f"{folder} is in use by another process (one stillroom serve per database)",
+            ) from exc
+    return fd
+
+
+def erase(folder: str) -> None:
+    """Erase every segment (zeros first) and the folder: call only when all are stored and
+    no writer has it open."""
+    for _, path in segments(folder):
+        _erase(path)
+    with contextlib.suppress(OSError):
+        os.unlink(os.path.join(folder, "writer.lock"))
+    with contextlib.suppress(OSError):
+        os.rmdir(folder)
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolFrame:
+    """A frame read back: its payload and the spool position just after it."""
+
+    payload: bytes
+    after: int
+
+
+@dataclass(slots=True)
+class Skipped:
+    """Bytes the reader could not read and left behind (a torn or corrupt segment end)."""
+
+    start: int
+    end: int
+    why: str
+
+
+class SpoolReader:
+    """Reads frames from ``position`` on (synchronous; the indexer's)."""
+
+    def __init__(self, folder: str, position: int) -> None:
+        self.folder = folder
+        self.position = position
+        self.skipped: list[Skipped] = []
+
+    def read(self, limit: int) -> list[SpoolFrame]:
+        """Up to ``limit`` whole frames from the current position; advances past them."""
+        out: list[SpoolFrame] = []
+        while len(out) < limit:
+            found = segments(self.folder)
+            current = _segment_at(found, self.position)
+            if current is None:
+                return out
+            index, (start, path) = current
+            if self.position < start:  # segments before it were deleted unread
+                self.skipped.append(Skipped(self.position, start, "missing segment"))
+                self.position = start
+            # Sealed (a newer segment exists): the writer finished this one before it started
+            # the next, so what cannot be read now never will be.
+            sealed = index + 1 < len(found)
+            got = self._read_segment(path, start, limit - len(out))
+            out += got
+            if got and len(out) >= limit:
+                return out
+            # At this segment's readable end: move on only when a newer segment exists.
+            if not sealed:
+                return out
+            end = start + _size(path)
+            if self.position < end:  # the rest cannot be read, and nothing is appended to it
+                self.skipped.append(Skipped(self.position, end, "unreadable end of segment"))
+            self.position = found[index + 1][0]
+        return out
+
+    def _read_segment(self, path: str, start: int, limit: int) -> list[SpoolFrame]:
+        out: list[SpoolFrame] = []
+        try:
+            file = open(path, "rb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            return out
+        with file:
+            file.seek(self.position - start)
+            buffer = b""
+            offset = 0
+            while len(out) < limit:
+                if len(buffer) - offset < _HEADER.size:
+                    buffer = buffer[offset:] + file.read(_READ_CHUNK)
+                    offset = 0
+                    if len(buffer) < _HEADER.size:
+                        return out
+                size, check = _HEADER.unpack_from(buffer, offset)
+                if size > MAX_FRAME_BYTES:
+                    return out  # corrupt: the segment ends here for us
+                end = offset + _HEADER.size + size
+                if end > len(buffer):
+                    more = file.read(max(_READ_CHUNK, end - len(buffer)))
+                    if not more:
+                        return out  # not written yet (or torn)
+                    buffer = buffer[offset:] + more
+                    offset = 0
+                    continue
+                payload = buffer[offset + _HEADER.size : end]
+                if zlib.adler32(payload) != check:
+                    return out
+                offset = end
+                self.position += _HEADER.size + size
+                out.append(SpoolFrame(payload, self.position))
+        return out
+
+    def collect(self, stored: int) -> int:
+        """Delete segments wholly before ``stored`` (zeroed first), except the newest; the
+        number deleted."""
+        found = segments(self.folder)
+        deleted = 0
+        for (_, path), (next_start, _) in zip(found, found[1:], strict=False):
+            if next_start > stored:
+                break
+            _erase(path)
+            deleted += 1
+        return deleted
+
+
+def _segment_at(found: list[tuple[int, str]], position: int) -> tuple[int, tuple[int, str]] | None:
+    """The segment holding ``position`` (or the first after it); None when there is none."""
+    for index, (start, path) in enumerate(found):
+        following = found[index + 1][0] if index + 1 < len(found) else None
+        if following is None or position < following:
+            return index, (start, path)
+    return None
+
+
+def _erase(path: str) -> None:
+    """Overwrite a file with zeros, then delete it."""
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except FileNotFoundError:
+        return
+    try:
+        left = os.fstat(fd).st_size
+        while left > 0:
+            left -= os.write(fd, _ZEROS[: min(left, len(_ZEROS))])
+    finally:
+        os.close(fd)
+    os.unlink(path)
+
+
+# -- the stored position -----------------------------------------------------------------------
+
+
+def stored_position(conn: sqlite3.Connection) -> int:
+    """The position up to which the spool's frames are stored as captures."""
+    row = conn.execute("SELECT position FROM capture_spool WHERE id = 1").fetchone()
+    return int(row[0]) if row else 0
+
+
+def store_position(conn: sqlite3.Connection, position: int) -> None:
+    """Record ``position`` (inside the caller's transaction)."""
+    conn.execute(
+        "INSERT INTO capture_spool (id, position) VALUES (1, ?) "
+        "ON CONFLICT (id) DO UPDATE SET position = excluded.position",
+        (position,),
+    )
+
+
+def waiting_bytes(database: str) -> int:
+    """Spooled bytes of ``database`` not yet stored as captures (0 when it has no spool)."""
+    folder = spool_dir(database)
+    if not segments(folder) or not os.path.exists(database):
+        return 0
+    conn = sqlite3.connect(database)
+    try:
+        position = stored_position(conn)
+    except sqlite3.OperationalError:  # not migrated yet
+        position = 0
+    finally:
+        conn.close()
+    return max(0, end_position(folder) - position)
+
+
+def waiting(database: str) -> Iterator[bytes]:
+    """Payloads of the frames in ``database``'s spool not yet stored as captures."""
+    folder = spool_dir(database)
+    if not segments(folder) or not os.path.exists(database):
+        return
+    conn = sqlite3.connect(database)
+    try:
+        position = stored_position(conn)
+    except sqlite3.OperationalError:  # not migrated yet
+        position = 0
+    finally:
+        conn.close()
+    reader = SpoolReader(folder, position)
+    while batch := reader.read(1000):
+        for frame in batch:
+            yield frame.payload
