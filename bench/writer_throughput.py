@@ -273,7 +273,7 @@ async def indexer_alone(path: Path | str, records: list[CaptureRecord]) -> tuple
     counters = [0] * 8
     indexer = _Indexer(IndexerOptions(path=str(path), batch_size=BATCH), counters)
     cpu, wall = time.process_time(), time.perf_counter()
-    while indexer.step() is not None:
+    while indexer.step():
         pass
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     indexer.close()

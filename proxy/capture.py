@@ -103,6 +103,10 @@ class CaptureStats:
         return 0.0 if self._indexer is None else self._indexer.lag_s
 
     @property
+    def spool_skipped_bytes(self) -> int:
+        return 0 if self._indexer is None else self._indexer.skipped_bytes
+
+    @property
     def written_total(self) -> int:
         return self._writer.written_total
 

@@ -33,6 +33,7 @@ retry with capped backoff.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import multiprocessing
@@ -40,7 +41,7 @@ import multiprocessing.connection
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +58,7 @@ from storage.sqlite import encode_records, open_sync_writer, translated_errors, 
 INDEXED, CAPTURE_ERROR, STORAGE_ERROR, POSITION, END, LAG_MS, RETRIES, SKIPPED_BYTES = range(8)
 _SLOTS = 8
 
+_CAP_SYS_NICE = 23
 RETRY_INITIAL_S = 0.05
 RETRY_MAX_S = 2.0
 BUSY_WINDOW_S = 0.1
@@ -82,29 +84,60 @@ class IndexerOptions:
 
 
 class _Priority:
-    """Idle priority, or normal while the backlog is over its bounds."""
+    """``SCHED_IDLE`` where this process may leave it again, else normal scheduling.
+
+    Leaving ``SCHED_IDLE`` (to drain, to catch up past a bound, or for a commit that holds the
+    database's write lock) needs ``CAP_SYS_NICE`` or an ``RLIMIT_NICE`` of 20 or more; a
+    default container has neither. There the indexer stays at normal priority and only the
+    busy gate (``_ServerLoad``) holds it back.
+    """
 
     def __init__(self) -> None:
-        self.idle: bool | None = None
+        self.can_idle = _may_leave_idle()
+        self.idle = False
 
     def set(self, idle: bool) -> None:
-        if idle == self.idle:
-            return
-        if _apply(idle) or (idle and self.idle is None):
+        if self.can_idle and idle != self.idle and _apply(idle):
             self.idle = idle
+
+    @contextlib.contextmanager
+    def raised(self) -> Iterator[None]:
+        """Normal priority for a moment: a commit holding the write lock is not paused."""
+        if not self.idle:
+            yield
+            return
+        self.set(False)
+        try:
+            yield
+        finally:
+            self.set(True)
 
 
 def _apply(idle: bool) -> bool:
-    """Switch this process to idle or normal scheduling; False where that is not possible."""
-    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
-        policy = os.SCHED_IDLE if idle else os.SCHED_OTHER
-        try:
-            os.sched_setscheduler(0, policy, os.sched_param(0))
-        except OSError:
-            return False
+    policy = os.SCHED_IDLE if idle else os.SCHED_OTHER
+    try:
+        os.sched_setscheduler(0, policy, os.sched_param(0))
+    except OSError:
+        return False
+    return True
+
+
+def _may_leave_idle() -> bool:
+    """Whether this process could switch from ``SCHED_IDLE`` back to normal scheduling."""
+    if not (hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE")):
+        return False
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NICE)
+    if soft == resource.RLIM_INFINITY or soft >= 20:
         return True
-    if idle:
-        os.nice(19)  # no way back: normal priority is not available
+    try:
+        with open("/proc/self/status") as file:
+            for line in file:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> _CAP_SYS_NICE & 1)
+    except (OSError, ValueError):
+        pass
     return False
 
 
@@ -148,60 +181,98 @@ def _wait(pipe: multiprocessing.connection.Connection, seconds: float) -> None:
 
 
 class _Indexer:
-    """The child's state: its database connection, the spool reader, and the counters."""
+    """The child's state: its database connection, the spool reader, and the counters.
 
-    def __init__(self, options: IndexerOptions, counters: Any) -> None:
+    Holds the spool's reader lock: a second indexer (a restarted proxy's, while the killed
+    one's finishes its batch) waits for it.
+    """
+
+    def __init__(
+        self, options: IndexerOptions, counters: Any, priority: _Priority | None = None
+    ) -> None:
         self.options = options
         self.counters = counters
+        self.priority = priority or _Priority()
         self.folder = spool.spool_dir(options.path)
-        with translated_errors():
-            self.db = open_sync_writer(
-                options.path, busy_timeout_s=options.busy_timeout_s, max_bytes=options.max_bytes
-            )
-            try:
-                position = spool.stored_position(self.db)
-            except BaseException:
-                self.db.close()
-                raise
+        self._lock = spool.reader_lock(self.folder)
+        try:
+            with translated_errors():
+                self.db = open_sync_writer(
+                    options.path,
+                    busy_timeout_s=options.busy_timeout_s,
+                    max_bytes=options.max_bytes,
+                )
+                try:
+                    # FULL: the position is on disk before collect() erases what it covers.
+                    self.db.execute("PRAGMA synchronous = FULL").fetchall()
+                    position = spool.stored_position(self.db)
+                except BaseException:
+                    self.db.close()
+                    raise
+        except BaseException:
+            os.close(self._lock)
+            raise
         self.reader = spool.SpoolReader(self.folder, position)
         counters[POSITION] = position
         self.log = RateLimitedLog(logger, 10.0)
+        self.reader.collect(position)  # what an earlier run stored and left behind
 
     def close(self) -> None:
         self.log.flush()
         self.db.close()
+        os.close(self._lock)
 
     def backlog(self) -> int:
         end = spool.end_position(self.folder)
         self.counters[END] = end
         return max(0, end - int(self.counters[POSITION]))
 
-    def step(self) -> float | None:
-        """Index one batch; its lag in seconds, or None when nothing waits."""
-        batch = self.reader.read(self.options.batch_size)
-        self._report_skipped()
+    def lag(self) -> float:
+        """Seconds since the oldest exchange not yet stored was captured (0: none waits)."""
+        payload = self.reader.peek()
+        if payload is None:
+            return 0.0
+        try:
+            created = frames.decode(payload).created_at
+        except (frames.FrameError, TypeError):
+            return 0.0
+        lag = max(0.0, time.time() - float(created))
+        self.counters[LAG_MS] = int(lag * 1000)
+        return lag
+
+    def step(self) -> bool:
+        """Index one batch; False when there was nothing whole to read."""
+        stored = int(self.counters[POSITION])
+        try:
+            batch = self.reader.read(self.options.batch_size)
+        except BaseException:
+            self._rewind(stored)
+            raise
         if not batch:
+            self._report_skipped()  # nothing to commit it with: the position stays
             self.counters[LAG_MS] = 0
-            return None
+            return False
         items: list[tuple[int, CaptureRecord | None]] = []
-        oldest: float | None = None
         for frame in batch:
             try:
-                copy = frames.decode(frame.payload)
-                oldest = copy.created_at if oldest is None else oldest
-                items.append((frame.after, build_record(copy)))
+                items.append((frame.after, build_record(frames.decode(frame.payload))))
             except Exception as exc:  # a capture bug costs that capture, never the indexer
                 items.append((frame.after, None))
                 self.log.warning("build", 1, "could not build a spooled capture (%r); dropped", exc)
-        lag = max(0.0, time.time() - oldest) if oldest is not None else 0.0
-        self.counters[LAG_MS] = int(lag * 1000)
         try:
-            self._store(items)
+            with self.priority.raised():  # holds the database's write lock: not paused
+                self._store(items)
         except BaseException:
-            self.reader.position = int(self.counters[POSITION])  # read again next time
+            self._rewind(stored)
             raise
+        self._report_skipped()
         self.reader.collect(int(self.counters[POSITION]))
-        return lag
+        return True
+
+    def _rewind(self, stored: int) -> None:
+        """Back to the stored position: what was read since is read (and judged) again."""
+        self.reader.position = stored
+        self.reader.skipped.clear()
 
     def _store(self, items: list[tuple[int, CaptureRecord | None]]) -> None:
         """Store the records of ``items`` and the position after the last one, in one
@@ -257,6 +328,7 @@ def run(
     load = _ServerLoad(options.server_pid)
     indexer: _Indexer | None = None
     draining = False
+    over = False
     delay = RETRY_INITIAL_S
     try:
         while True:
@@ -269,22 +341,23 @@ def run(
                 return  # the parent is gone
             try:
                 if indexer is None:
-                    indexer = _Indexer(options, counters)
+                    indexer = _Indexer(options, counters, priority)
                 waiting = indexer.backlog()
                 if not waiting:
+                    counters[LAG_MS] = 0
                     if draining:
                         return
+                    over = False
                     priority.set(idle=True)
                     _wait(pipe, options.poll_s)
                     continue
-                lag_s = int(counters[LAG_MS]) / 1000
-                over = _over_bounds(options, priority.idle, lag_s, waiting)
                 if not draining:
+                    over = _over_bounds(options, over, indexer.lag(), waiting)
                     priority.set(idle=not over)
                     if not over and load.busy(options.busy_share):
                         _wait(pipe, BUSY_WINDOW_S)
                         continue
-                if indexer.step() is None:
+                if not indexer.step():
                     _wait(pipe, options.poll_s)  # a frame is being written: look again soon
                 delay = RETRY_INITIAL_S
             except (StoreError, OSError) as exc:  # locked, full, unavailable: the spool waits
@@ -297,13 +370,11 @@ def run(
             indexer.close()
 
 
-def _over_bounds(options: IndexerOptions, idle: bool | None, lag_s: float, waiting: int) -> bool:
-    """Over either bound; once over, until back under half of both."""
+def _over_bounds(options: IndexerOptions, over: bool, lag_s: float, waiting: int) -> bool:
+    """Over either bound; once over (``over``), until back under half of both."""
     if lag_s > options.max_lag_s or waiting > options.max_backlog_bytes:
         return True
-    return idle is False and (
-        lag_s > options.max_lag_s / 2 or waiting > options.max_backlog_bytes // 2
-    )
+    return over and (lag_s > options.max_lag_s / 2 or waiting > options.max_backlog_bytes // 2)
 
 
 # -- the parent's handle ---------------------------------------------------------------------
@@ -340,6 +411,7 @@ class CaptureIndexer:
         self._watch: asyncio.Task[None] | None = None
         self._restart_after_s = restart_after_s
         self._stopping = False
+        self._spawning: asyncio.Future[None] | None = None
         self.restarts = 0
 
     # -- counters ----------------------------------------------------------------------------
@@ -406,14 +478,28 @@ class CaptureIndexer:
             code = self._process.exitcode if self._process is not None else None
             self.restarts += 1
             logger.error("capture indexer exited (code %s); restarting it", code)
-            await asyncio.to_thread(self._spawn)
+            try:
+                # Shielded: a stop() that cancels us meanwhile still gets the new process.
+                await asyncio.shield(self._restart())
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # e.g. out of processes: keep trying, the spool waits
+                logger.exception("could not restart the capture indexer")
             delay = min(30.0, delay * 2)
+
+    def _restart(self) -> asyncio.Future[None]:
+        self._spawning = asyncio.get_running_loop().run_in_executor(None, self._spawn)
+        return self._spawning
 
     async def stop(self, deadline_s: float) -> int:
         """Index what is left (up to ``deadline_s``) and stop; the bytes left for the next
         start."""
         self._stopping = True
-        await cancel_and_wait(self._watch)
+        with contextlib.suppress(Exception):
+            await cancel_and_wait(self._watch)
+        if self._spawning is not None:  # a restart in progress: stop what it starts
+            with contextlib.suppress(Exception):
+                await self._spawning
         process, pipe = self._process, self._pipe
         if process is None or pipe is None:
             return 0

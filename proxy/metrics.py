@@ -198,6 +198,11 @@ class CaptureMetrics:
             "stillroom_capture_index_lag_seconds",
             "Age of the oldest capture not yet indexed (deferred indexing).",
         )
+        skipped = CounterMetricFamily(
+            "stillroom_capture_spool_skipped_bytes",
+            "Spool bytes the indexer could not read (a torn or corrupt end after a crash or a "
+            "full disk) and skipped: captures lost there are not in the drop counts.",
+        )
         for source in self._sources:
             written.add_metric([], source.written_total)
             for reason, count in source.dropped_total().items():
@@ -207,7 +212,8 @@ class CaptureMetrics:
             indexed.add_metric([], source.indexed_total)
             backlog.add_metric([], source.index_backlog_bytes)
             lag.add_metric([], source.index_lag_s)
-        return [written, dropped, depth, size, indexed, backlog, lag]
+            skipped.add_metric([], source.spool_skipped_bytes)
+        return [written, dropped, depth, size, indexed, backlog, lag, skipped]
 
 
 class CaptureSource(Protocol):
@@ -228,6 +234,9 @@ class CaptureSource(Protocol):
 
     @property
     def index_lag_s(self) -> float: ...
+
+    @property
+    def spool_skipped_bytes(self) -> int: ...
 
     def dropped_total(self) -> dict[str, int]: ...
 

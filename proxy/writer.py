@@ -301,7 +301,12 @@ class CaptureWriter:
             attempt += 1
             started = time.perf_counter()
             try:
-                await self._write(records)
+                try:
+                    await self._write(records)
+                except StoreError as exc:
+                    if exc.written:  # the first ones were stored all the same
+                        records = self._written(records, exc.written)
+                    raise
             except StoreFull as exc:
                 self._settle(len(records))
                 self._drop(len(records), "storage_full", f"capture store is full: {exc}")
@@ -341,6 +346,13 @@ class CaptureWriter:
                 self._report_batch(elapsed, len(records))
                 return
             await self._backoff(attempt)
+
+    def _written(self, records: list[CaptureRecord | bytes], n: int) -> list[CaptureRecord | bytes]:
+        """The first ``n`` records were stored though the write failed: count them written."""
+        n = min(n, len(records))
+        self._settle(n)
+        self.written_total += n
+        return records[n:]
 
     def _gave_up(self, records: list[CaptureRecord | bytes], attempt: int, exc: Exception) -> bool:
         if attempt < self._max_attempts:

@@ -14,7 +14,13 @@ from __future__ import annotations
 
 
 class StoreError(Exception):
-    """The store could not complete an operation."""
+    """The store could not complete an operation.
+
+    ``written``: for a batch write, how many of the batch's first records were stored all the
+    same (0 unless the store says otherwise); the writer counts those as written.
+    """
+
+    written: int = 0
 
 
 class StoreFull(StoreError):

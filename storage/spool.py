@@ -36,9 +36,11 @@ import contextlib
 import os
 import sqlite3
 import struct
+import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 try:
     import fcntl
@@ -102,69 +104,122 @@ def encode_frames(payloads: Sequence[bytes]) -> bytes:
     return b"".join(parts)
 
 
+class SpoolWriteError(OSError):
+    """An append failed after ``written`` of its payloads were written whole (they are in the
+    spool and will be indexed); the rest were not."""
+
+    def __init__(self, cause: OSError, written: int) -> None:
+        super().__init__(cause.errno, cause.strerror or str(cause))
+        self.written = written
+
+
 class SpoolWriter:
     """Appends frames to a spool (synchronous; one per spool, in the proxy's process).
 
     ``floor``: the indexer's stored position; a new segment never starts below it, so a
     spool folder removed by hand does not make the indexer skip new frames.
+
+    A failed write is never undone (a reader may have read its whole frames already): the
+    segment is closed there, its torn tail left for the reader to skip, and the next append
+    starts a new segment. ``SpoolWriteError.written`` says how many payloads made it.
     """
 
-    def __init__(self, folder: str, *, floor: int = 0, segment_bytes: int = SEGMENT_BYTES) -> None:
+    def __init__(
+        self,
+        folder: str,
+        *,
+        floor: int = 0,
+        segment_bytes: int = SEGMENT_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.folder = folder
         self.segment_bytes = segment_bytes
+        self._clock = clock
         os.makedirs(folder, mode=0o700, exist_ok=True)
         self._fd = -1
         self._lock = _lock(folder)
+        self.end = max(end_position(folder), floor)
+        self._start = self.end
+        self._opened = clock()
         try:
-            self.end = max(end_position(folder), floor)
-            self._fd = self._open_segment()
+            self._open_segment()  # a new segment seals the last one (a torn tail is skipped)
         except BaseException:
             os.close(self._lock)
             raise
 
-    def _open_segment(self) -> int:
+    def _next_segment(self) -> None:
+        """Close the current segment (if any); the next append opens a new one at ``end``."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+    def _open_segment(self) -> None:
         path = os.path.join(self.folder, segment_name(self.end))
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        if os.fstat(fd).st_size:  # never append after bytes of an earlier process
+        try:
+            size = os.fstat(fd).st_size
+        except OSError:
             os.close(fd)
-            raise OSError(f"spool segment {path} exists already")
-        self._start = self.end
-        return fd
+            raise
+        if size:  # never append after bytes of an earlier process: start past them
+            os.close(fd)
+            self.end += size
+            return self._open_segment()
+        self._fd, self._start, self._opened = fd, self.end, self._clock()
 
     def append(self, payloads: Sequence[bytes]) -> None:
-        """Write ``payloads`` as frames; on an error nothing of them stays (OSError raised)."""
+        """Write ``payloads`` as frames, in one system call when the OS allows."""
+        if self._fd < 0:
+            self._open_segment()
         data = encode_frames(payloads)
-        size = self.end - self._start
         view = memoryview(data)
+        done = 0
         try:
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, size)  # no torn frame is left for the reader
-            raise
+            while done < len(data):
+                done += os.write(self._fd, view[done:])
+        except OSError as exc:
+            self._fail(exc, payloads, done)
         self.end += len(data)
         if self.end - self._start >= self.segment_bytes:
-            os.close(self._fd)
-            self._fd = -1
-            self._fd = self._open_segment()
+            self._next_segment()
 
-    def rotate_if_read(self, stored: int, min_bytes: int = 1024 * 1024) -> bool:
-        """Start a new segment when everything in this one (at least ``min_bytes``) is stored
-        as captures (up to ``stored``): the indexer can then erase it, so captures do not
-        linger here until the segment fills."""
-        if self.end - self._start < min_bytes or stored < self.end:
+    def _fail(self, exc: OSError, payloads: Sequence[bytes], done: int) -> NoReturn:
+        """A write stopped after ``done`` bytes: seal the segment there, report what is whole."""
+        written, offset = 0, 0
+        for payload in payloads:
+            offset += _HEADER.size + len(payload)
+            if offset > done:
+                break
+            written += 1
+        try:
+            size = os.fstat(self._fd).st_size
+        except OSError:
+            size = self.end - self._start + done
+        self.end = self._start + size  # the next segment starts after the torn tail
+        self._next_segment()
+        with contextlib.suppress(OSError):
+            self._open_segment()  # seal the torn one now (else the next append does)
+        raise SpoolWriteError(exc, written) from exc
+
+    def rotate_if_read(
+        self, stored: int, *, min_bytes: int = 1024 * 1024, max_age_s: float = 60.0
+    ) -> bool:
+        """Close the current segment when everything in it is stored as captures (up to
+        ``stored``) and it holds ``min_bytes`` or is ``max_age_s`` old: the indexer can then
+        erase it, so copies of stored captures do not linger here."""
+        if self._fd < 0 or stored < self.end or self.end == self._start:
             return False
-        os.close(self._fd)
-        self._fd = -1
-        self._fd = self._open_segment()
+        if self.end - self._start < min_bytes and self._clock() - self._opened < max_age_s:
+            return False
+        self._next_segment()
         return True
 
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+    def close(self, *, erase_all: bool = False) -> None:
+        """Close the spool; with ``erase_all`` (only when everything in it is stored) erase
+        its files first, while still holding the lock."""
+        self._next_segment()
+        if erase_all:
+            erase(self.folder)
         if self._lock >= 0:
             os.close(self._lock)  # releases the lock
             self._lock = -1
@@ -174,12 +229,12 @@ class SpoolBusy(OSError):
     """Another process writes to this spool (one proxy process per SQLite database)."""
 
 
-def _lock(folder: str) -> int:
-    """Hold ``folder``'s writer lock for as long as the returned descriptor is open."""
-    fd = os.open(os.path.join(folder, "writer.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+def _lock(folder: str, name: str = "writer.lock", *, wait: bool = False) -> int:
+    """Hold a lock in ``folder`` for as long as the returned descriptor is open."""
+    fd = os.open(os.path.join(folder, name), os.O_RDWR | os.O_CREAT, 0o600)
     if fcntl is not None:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             os.close(fd)
             raise SpoolBusy(
@@ -189,13 +244,21 @@ def _lock(folder: str) -> int:
     return fd
 
 
+def reader_lock(folder: str) -> int:
+    """The indexer's lock (one reader per spool): waits while another indexer holds it, e.g.
+    the one of a killed proxy finishing its last batch. Close the descriptor to release."""
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    return _lock(folder, "reader.lock", wait=True)
+
+
 def erase(folder: str) -> None:
     """Erase every segment (zeros first) and the folder: call only when all are stored and
-    no writer has it open."""
+    holding the writer lock (``SpoolWriter.close(erase_all=True)``)."""
     for _, path in segments(folder):
         _erase(path)
-    with contextlib.suppress(OSError):
-        os.unlink(os.path.join(folder, "writer.lock"))
+    for name in ("reader.lock", "writer.lock"):
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(folder, name))
     with contextlib.suppress(OSError):
         os.rmdir(folder)
 
@@ -288,6 +351,26 @@ class SpoolReader:
                 out.append(SpoolFrame(payload, self.position))
         return out
 
+    def peek(self) -> bytes | None:
+        """The payload of the next whole frame, without moving (None when there is none)."""
+        current = _segment_at(segments(self.folder), self.position)
+        if current is None:
+            return None
+        _, (start, path) = current
+        try:
+            with open(path, "rb") as file:
+                file.seek(max(0, self.position - start))
+                header = file.read(_HEADER.size)
+                if len(header) < _HEADER.size:
+                    return None
+                size, check = _HEADER.unpack(header)
+                payload = file.read(size) if size <= MAX_FRAME_BYTES else b""
+        except FileNotFoundError:
+            return None
+        if len(payload) != size or zlib.adler32(payload) != check:
+            return None
+        return payload
+
     def collect(self, stored: int) -> int:
         """Delete segments wholly before ``stored`` (zeroed first), except the newest; the
         number deleted."""
@@ -320,6 +403,7 @@ def _erase(path: str) -> None:
         left = os.fstat(fd).st_size
         while left > 0:
             left -= os.write(fd, _ZEROS[: min(left, len(_ZEROS))])
+        os.fsync(fd)  # the zeros reach the disk before the name goes
     finally:
         os.close(fd)
     os.unlink(path)

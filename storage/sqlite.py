@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import os
 import secrets
 import sqlite3
@@ -129,6 +130,24 @@ _WRITER_PRAGMAS = (
     # in the T16 soak (bench/soak.py) with no gain in write throughput.
     "cache_size = -2048",
 )
+
+
+def _append(writer: spool.SpoolWriter, payloads: Sequence[bytes], stored: int | None) -> None:
+    if stored is not None:
+        writer.rotate_if_read(stored)
+    writer.append(payloads)
+
+
+async def _in_thread_to_the_end(fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn(*args)`` in a thread and wait for it to finish even when cancelled meanwhile
+    (then re-raise the cancellation): a spool write is not left running behind its caller."""
+    future = asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await future
+        raise
 
 
 def _max_page_count(conn: sqlite3.Connection, max_bytes: int) -> None:
@@ -398,7 +417,8 @@ class SQLiteStore(SharedReads, CaptureQueries, DatasetTables, JobTables, Documen
         """Append packed exchanges to the store's spool in one write (``storage.spool``).
 
         The spool is plain files with a lock of its own: an append never waits for the
-        database. Errors: ``StoreFull`` (no space left), else ``StoreUnavailable``.
+        database. Errors: ``StoreFull`` (no space left), else ``StoreUnavailable``; their
+        ``written`` says how many of the first payloads were spooled all the same.
         """
         if not payloads:
             return
@@ -409,14 +429,17 @@ class SQLiteStore(SharedReads, CaptureQueries, DatasetTables, JobTables, Documen
                 if self._spool is None:
                     await self._open_spool()
                 assert self._spool is not None
-                if self.spool_stored is not None:
-                    self._spool.rotate_if_read(self.spool_stored())
-                await asyncio.to_thread(self._spool.append, payloads)
+                stored = self.spool_stored() if self.spool_stored is not None else None
+                await _in_thread_to_the_end(_append, self._spool, payloads, stored)
             except OSError as exc:
                 message = f"capture spool: {exc.strerror or exc}"
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise StoreFull(message) from exc
-                raise StoreUnavailable(message) from exc
+                error: StoreError = (
+                    StoreFull(message)
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                    else StoreUnavailable(message)
+                )
+                error.written = getattr(exc, "written", 0)
+                raise error from exc
 
     async def open_spool(self) -> None:
         """Open the spool for appending now (else the first append does): a second process
@@ -435,13 +458,12 @@ class SQLiteStore(SharedReads, CaptureQueries, DatasetTables, JobTables, Documen
         )
 
     async def erase_spool(self) -> None:
-        """Close the spool and erase its files (zeros first): call only when the indexer has
-        stored everything in it (a graceful stop does, after the indexer drained)."""
+        """Close the spool and erase its files (zeros first), still holding its lock: call only
+        when the indexer has stored everything in it (a graceful stop does, once drained)."""
         async with self._spool_lock:
             if self._spool is not None:
-                self._spool.close()
-                self._spool = None
-            await asyncio.to_thread(spool.erase, spool.spool_dir(self.path))
+                writer, self._spool = self._spool, None
+                await asyncio.to_thread(writer.close, erase_all=True)
 
     @property
     def spool_end(self) -> int | None:

@@ -58,7 +58,7 @@ def test_a_new_writer_starts_a_new_segment_never_below_the_floor(tmp_path: Path)
     old = SpoolWriter(folder)
     old.append([b"a" * 10])
     old.close()
-    again = SpoolWriter(folder)
+    again = SpoolWriter(folder)  # a new segment at once: the last one is sealed
     assert [start for start, _ in spool.segments(folder)] == [0, old.end]
     again.close()
     jumped = SpoolWriter(folder, floor=10_000)  # the spool was removed by hand, the db was not
@@ -111,27 +111,52 @@ def test_an_unreadable_end_of_a_sealed_segment_is_skipped_and_reported(
     assert gap.end == spool.segments(folder)[-1][0]
 
 
-def test_a_failed_append_leaves_no_torn_frame(tmp_path: Path, monkeypatch) -> None:
+def test_a_failed_append_keeps_its_whole_frames_and_seals_the_torn_one(
+    tmp_path: Path, monkeypatch
+) -> None:
     folder = str(tmp_path / "db.spool")
     writer = SpoolWriter(folder)
     writer.append([b"kept"])
     real_write = os.write
     calls = []
 
-    def half_then_full(fd: int, data) -> int:
+    def part_then_full(fd: int, data) -> int:
         calls.append(1)
-        if len(calls) == 1:
-            return real_write(fd, bytes(data[: len(data) // 2]))
+        if len(calls) == 1:  # the first frame whole, the second cut
+            return real_write(fd, bytes(data[:1500]))
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(spool.os, "write", half_then_full)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(spool.os, "write", part_then_full)
+    with pytest.raises(spool.SpoolWriteError) as failed:
         writer.append([b"x" * 1000, b"y" * 1000])
     monkeypatch.undo()
-    assert os.path.getsize(spool.segments(folder)[-1][1]) == writer.end
-    writer.append([b"after"])
+    assert failed.value.written == 1 and failed.value.errno == errno.ENOSPC
+    writer.append([b"after"])  # in a new segment, after the torn tail
     reader = SpoolReader(folder, 0)
-    assert read_all(reader) == [b"kept", b"after"] and reader.skipped == []
+    assert read_all(reader) == [b"kept", b"x" * 1000, b"after"]
+    [gap] = reader.skipped
+    assert gap.end - gap.start == 1500 - (8 + 1000)
+
+
+def test_a_segment_that_cannot_be_opened_is_tried_again(tmp_path: Path, monkeypatch) -> None:
+    folder = str(tmp_path / "db.spool")
+    writer = SpoolWriter(folder, segment_bytes=10)  # every append fills a segment
+    writer.append([b"first"])
+    real_open = os.open
+    fail = [True]
+
+    def out_of_descriptors(path, *args, **kwargs):
+        if fail[0] and str(path).endswith(".seg"):
+            fail[0] = False
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(spool.os, "open", out_of_descriptors)
+    with pytest.raises(OSError):
+        writer.append([b"lost: nothing was written"])
+    writer.append([b"second"])
+    monkeypatch.undo()
+    assert read_all(SpoolReader(folder, 0)) == [b"first", b"second"]
 
 
 def test_stored_segments_are_erased_but_never_the_newest(tmp_path: Path) -> None:
@@ -151,13 +176,19 @@ def test_stored_segments_are_erased_but_never_the_newest(tmp_path: Path) -> None
 
 def test_a_read_segment_is_closed_early_so_it_can_be_erased(tmp_path: Path) -> None:
     folder = str(tmp_path / "db.spool")
-    writer = SpoolWriter(folder)
+    now = [0.0]
+    writer = SpoolWriter(folder, clock=lambda: now[0])
     writer.append([b"z" * 100])
-    assert not writer.rotate_if_read(stored=0, min_bytes=50)  # not read yet
-    assert not writer.rotate_if_read(stored=writer.end, min_bytes=1000)  # too small to bother
-    assert writer.rotate_if_read(stored=writer.end, min_bytes=50)
-    assert len(spool.segments(folder)) == 2
-    assert SpoolReader(folder, 0).collect(writer.end) == 1
+    assert not writer.rotate_if_read(writer.end - 1, min_bytes=50)  # not all read yet
+    assert not writer.rotate_if_read(writer.end, min_bytes=1000)  # too small, too young
+    now[0] = 61.0
+    assert writer.rotate_if_read(writer.end, min_bytes=1000)  # small but old
+    assert not writer.rotate_if_read(writer.end)  # nothing in the next one yet
+    writer.append([b"w" * 100])
+    assert writer.rotate_if_read(writer.end, min_bytes=50)  # big enough
+    writer.append([b"v"])
+    assert len(spool.segments(folder)) == 3
+    assert SpoolReader(folder, 0).collect(writer.end) == 2
 
 
 def test_erase_zeroes_then_removes(tmp_path: Path, monkeypatch) -> None:
@@ -174,7 +205,7 @@ def test_erase_zeroes_then_removes(tmp_path: Path, monkeypatch) -> None:
         real_unlink(target)
 
     monkeypatch.setattr(spool.os, "unlink", look_then_unlink)
-    spool.erase(folder)
+    SpoolWriter(folder).close(erase_all=True)
     assert seen and set(seen[0]) == {0}
     assert not os.path.exists(path) and not os.path.exists(folder)
 

@@ -13,7 +13,7 @@ import anyio
 import pytest
 
 from proxy.writer import DROP_REASONS, CaptureWriter, record_size
-from storage.errors import StoreBusy, StoreFull, StoreUnavailable
+from storage.errors import StoreBusy, StoreError, StoreFull, StoreUnavailable
 from storage.models import CaptureRecord
 from storage.sqlite import SQLiteStore
 from tests.conftest import make_capture
@@ -523,3 +523,38 @@ def test_drop_logs_are_rate_limited(
         writer._log.flush()
         assert "1 more capture(s) affected by queue_full" in caplog.records[-1].getMessage()
     assert writer.dropped_total["queue_full"] == 7
+
+
+# -- partial batch writes (the spool reports how much of a failed batch it kept) ---------------
+
+
+def _partial(error: StoreError, written: int) -> StoreError:
+    error.written = written
+    return error
+
+
+@pytest.mark.parametrize("kind", ["full", "unavailable"])
+async def test_a_partly_written_batch_is_counted_exactly(kind: str) -> None:
+    store = FakeStore()
+    calls: list[list[str]] = []
+
+    async def write(records: Sequence[CaptureRecord]) -> None:
+        calls.append([r.id for r in records])
+        if len(calls) == 1:  # the first two of five made it, then the disk filled / failed
+            store.batches.append(list(records[:2]))
+            cls = StoreFull if kind == "full" else StoreUnavailable
+            raise _partial(cls("capture spool: no space"), 2)
+        store.batches.append(list(records))
+
+    writer = make_writer(store, batch_size=5, write=write)
+    await writer.start()
+    for i in range(5):
+        writer.submit(make_capture(id=f"p{i}"))
+    await writer.stop(deadline_s=5)
+    assert_balanced(writer)
+    if kind == "full":  # the rest is dropped, and only the rest
+        assert writer.written_total == 2 and writer.dropped_total["storage_full"] == 3
+        assert store.ids == ["p0", "p1"]
+    else:  # the rest is retried, and only the rest
+        assert writer.written_total == 5 and sum(writer.dropped_total.values()) == 0
+        assert calls[1] == ["p2", "p3", "p4"] and store.ids == [f"p{i}" for i in range(5)]
