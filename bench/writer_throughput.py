@@ -173,6 +173,7 @@ def fresh_path(workdir: Path, name: str) -> Path:
     path = workdir / name
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
+    shutil.rmtree(spool.spool_dir(str(path)), ignore_errors=True)
     return path
 
 
