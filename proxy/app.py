@@ -36,10 +36,11 @@ from proxy.capture import (
     CapturePolicy,
     CaptureStats,
 )
+from proxy.capture_indexer import CaptureIndexer
 from proxy.errors import InvalidRequest, RouteNotFound
 from proxy.forward import Forwarder, RelayConfig
 from proxy.http1 import Http1Pool, Http1Transport
-from proxy.indexer import CaptureIndexer, IndexerOptions
+from proxy.indexer import IndexerOptions
 from proxy.metrics import CaptureMetrics, ProxyMetrics, TrainingMetrics
 from proxy.retention import Retention
 from proxy.routing.metrics import RoutingMetrics

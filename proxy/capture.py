@@ -23,8 +23,8 @@ import time
 from typing import Any
 
 from proxy import frames
+from proxy.capture_indexer import CaptureIndexer
 from proxy.errors import InvalidRequest
-from proxy.indexer import CaptureIndexer
 from proxy.records import ExchangeCopy, build_record
 from proxy.tags import SOURCE_TAG, parse_capture_switch, parse_source, parse_tags
 from proxy.types import Scope

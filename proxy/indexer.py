@@ -18,7 +18,7 @@ back). On a graceful stop the parent sends ``drain``: the indexer indexes everyt
 normal priority, then exits; what a deadline cuts off stays in the spool and is indexed after
 the next start. If the parent dies (``kill -9``), the pipe closes and the indexer exits: each
 batch is one database transaction, so it is stored whole or not at all. A crashed indexer is
-restarted by the parent; the spool waits for it.
+restarted by the parent (``proxy.capture_indexer``); the spool waits for it.
 
 Each batch of records is stored together with the spool position after its last frame
 (``capture_spool``), so every spooled exchange becomes a capture exactly once. Counting, in a
@@ -32,22 +32,19 @@ retry with capped backoff.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import dataclasses
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from proxy import frames
 from proxy.records import build_record
-from proxy.tasks import cancel_and_wait, spawn
 from proxy.writer import RateLimitedLog
 from storage import spool
 from storage.errors import StoreError
@@ -56,7 +53,7 @@ from storage.sqlite import encode_records, open_sync_writer, translated_errors, 
 
 # Slots of the shared counter array.
 INDEXED, CAPTURE_ERROR, STORAGE_ERROR, POSITION, END, LAG_MS, RETRIES, SKIPPED_BYTES = range(8)
-_SLOTS = 8
+SLOTS = 8
 
 _CAP_SYS_NICE = 23
 RETRY_INITIAL_S = 0.05
@@ -375,144 +372,3 @@ def _over_bounds(options: IndexerOptions, over: bool, lag_s: float, waiting: int
     if lag_s > options.max_lag_s or waiting > options.max_backlog_bytes:
         return True
     return over and (lag_s > options.max_lag_s / 2 or waiting > options.max_backlog_bytes // 2)
-
-
-# -- the parent's handle ---------------------------------------------------------------------
-
-
-def _context() -> Any:
-    """forkserver where there is one (a fork of a small clean process: fast and thread-safe),
-    else spawn."""
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["proxy.indexer"])
-        return ctx
-    return multiprocessing.get_context("spawn")
-
-
-class CaptureIndexer:
-    """Starts, watches and stops the indexer process; its counters for the metrics."""
-
-    def __init__(
-        self,
-        options: IndexerOptions,
-        *,
-        spool_end: Callable[[], int | None] = lambda: None,
-        restart_after_s: float = 1.0,
-    ) -> None:
-        """``spool_end``: where the proxy's own appends have reached (the backlog's end
-        before the indexer has looked)."""
-        self.options = dataclasses.replace(options, server_pid=os.getpid())
-        self._spool_end = spool_end
-        self._ctx = _context()
-        self._counters = self._ctx.Array("q", _SLOTS, lock=False)
-        self._process: Any = None
-        self._pipe: multiprocessing.connection.Connection | None = None
-        self._watch: asyncio.Task[None] | None = None
-        self._restart_after_s = restart_after_s
-        self._stopping = False
-        self._spawning: asyncio.Future[None] | None = None
-        self.restarts = 0
-
-    # -- counters ----------------------------------------------------------------------------
-
-    @property
-    def indexed_total(self) -> int:
-        return int(self._counters[INDEXED])
-
-    @property
-    def backlog_bytes(self) -> int:
-        """Spooled bytes not yet stored as captures."""
-        end = max(self._spool_end() or 0, int(self._counters[END]))
-        return max(0, end - int(self._counters[POSITION]))
-
-    @property
-    def lag_s(self) -> float:
-        return int(self._counters[LAG_MS]) / 1000.0
-
-    @property
-    def stored_position(self) -> int:
-        """The spool position up to which captures are stored."""
-        return int(self._counters[POSITION])
-
-    @property
-    def skipped_bytes(self) -> int:
-        """Spool bytes that could not be read (torn or corrupt) and were skipped."""
-        return int(self._counters[SKIPPED_BYTES])
-
-    def dropped_total(self) -> dict[str, int]:
-        return {
-            "capture_error": int(self._counters[CAPTURE_ERROR]),
-            "storage_error": int(self._counters[STORAGE_ERROR]),
-        }
-
-    @property
-    def alive(self) -> bool:
-        return self._process is not None and self._process.is_alive()
-
-    # -- lifecycle ---------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        await asyncio.to_thread(self._spawn)
-        self._watch = spawn(self._watchdog(), name="capture-indexer-watchdog")
-
-    def _spawn(self) -> None:
-        parent, child = self._ctx.Pipe()
-        process = self._ctx.Process(
-            target=run,
-            args=(self.options, self._counters, child),
-            name="stillroom-indexer",
-            daemon=True,
-        )
-        process.start()
-        child.close()
-        self._process, self._pipe = process, parent
-
-    async def _watchdog(self) -> None:
-        delay = self._restart_after_s
-        while not self._stopping:
-            await asyncio.sleep(delay)
-            if self._stopping or self.alive:
-                delay = self._restart_after_s
-                continue
-            code = self._process.exitcode if self._process is not None else None
-            self.restarts += 1
-            logger.error("capture indexer exited (code %s); restarting it", code)
-            try:
-                # Shielded: a stop() that cancels us meanwhile still gets the new process.
-                await asyncio.shield(self._restart())
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # e.g. out of processes: keep trying, the spool waits
-                logger.exception("could not restart the capture indexer")
-            delay = min(30.0, delay * 2)
-
-    def _restart(self) -> asyncio.Future[None]:
-        self._spawning = asyncio.get_running_loop().run_in_executor(None, self._spawn)
-        return self._spawning
-
-    async def stop(self, deadline_s: float) -> int:
-        """Index what is left (up to ``deadline_s``) and stop; the bytes left for the next
-        start."""
-        self._stopping = True
-        with contextlib.suppress(Exception):
-            await cancel_and_wait(self._watch)
-        if self._spawning is not None:  # a restart in progress: stop what it starts
-            with contextlib.suppress(Exception):
-                await self._spawning
-        process, pipe = self._process, self._pipe
-        if process is None or pipe is None:
-            return 0
-        try:
-            pipe.send(DRAIN)
-        except OSError:
-            pass
-        await asyncio.to_thread(process.join, deadline_s)
-        if process.is_alive():
-            process.terminate()
-            await asyncio.to_thread(process.join, 5.0)
-            if process.is_alive():
-                process.kill()
-                await asyncio.to_thread(process.join, 5.0)
-        pipe.close()
-        return self.backlog_bytes

@@ -427,34 +427,33 @@ def store_position(conn: sqlite3.Connection, position: int) -> None:
     )
 
 
-def waiting_bytes(database: str) -> int:
-    """Spooled bytes of ``database`` not yet stored as captures (0 when it has no spool)."""
-    folder = spool_dir(database)
-    if not segments(folder) or not os.path.exists(database):
-        return 0
+def _stored_position_of(database: str) -> int | None:
+    """The stored position of ``database``'s spool, None when it has no spool to read."""
+    if not segments(spool_dir(database)) or not os.path.exists(database):
+        return None
     conn = sqlite3.connect(database)
     try:
-        position = stored_position(conn)
+        return stored_position(conn)
     except sqlite3.OperationalError:  # not migrated yet
-        position = 0
+        return 0
     finally:
         conn.close()
-    return max(0, end_position(folder) - position)
+
+
+def waiting_bytes(database: str) -> int:
+    """Spooled bytes of ``database`` not yet stored as captures (0 when it has no spool)."""
+    position = _stored_position_of(database)
+    if position is None:
+        return 0
+    return max(0, end_position(spool_dir(database)) - position)
 
 
 def waiting(database: str) -> Iterator[bytes]:
     """Payloads of the frames in ``database``'s spool not yet stored as captures."""
-    folder = spool_dir(database)
-    if not segments(folder) or not os.path.exists(database):
+    position = _stored_position_of(database)
+    if position is None:
         return
-    conn = sqlite3.connect(database)
-    try:
-        position = stored_position(conn)
-    except sqlite3.OperationalError:  # not migrated yet
-        position = 0
-    finally:
-        conn.close()
-    reader = SpoolReader(folder, position)
+    reader = SpoolReader(spool_dir(database), position)
     while batch := reader.read(1000):
         for frame in batch:
             yield frame.payload

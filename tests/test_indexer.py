@@ -16,12 +16,12 @@ import pytest
 
 from proxy import frames
 from proxy.capture import CaptureDrops, CapturePolicy
+from proxy.capture_indexer import CaptureIndexer
 from proxy.indexer import (
     CAPTURE_ERROR,
     INDEXED,
     POSITION,
     STORAGE_ERROR,
-    CaptureIndexer,
     IndexerOptions,
     _Indexer,
     _over_bounds,
