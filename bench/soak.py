@@ -5,9 +5,11 @@
 
 Load: 20 concurrent streams (40 chunks, 50 ms apart: about 2 s each) plus 20 non-streamed
 requests per second; 10% of the streams are abandoned by their client half-way. Every 5 s it
-samples the proxy's RSS, open FDs and the WAL file size. Pass criteria (T16): RSS slope from
-minute 2 on ≤ 1 MiB/min (and ≤ 10 MiB growth in all), open FDs within ±10 of the start, WAL
-≤ 64 MiB at every sample, no 5xx. Exit status 0 when all hold.
+samples the proxy's RSS, open FDs and the WAL file size, and the RSS of its helper processes
+(the capture indexer and its fork server) and the spool's size. Pass criteria (T16): RSS slope
+from minute 2 on ≤ 1 MiB/min (and ≤ 10 MiB growth in all), open FDs within ±10 of the start,
+WAL ≤ 64 MiB at every sample, no 5xx, and the helpers' RSS slope ≤ 1 MiB/min too. Exit status
+0 when all hold.
 """
 
 from __future__ import annotations
@@ -96,11 +98,31 @@ async def plain(base: str, stop: float, stats: dict[str, int], rate: float) -> N
         await asyncio.gather(*pending)
 
 
-async def sample(proc: psutil.Process, wal: Path, stop: float, out: list[tuple]) -> None:
+def helpers_rss(proc: psutil.Process) -> int:
+    """Resident memory of the proxy's helper processes (the capture indexer, its fork server)."""
+    total = 0
+    for child in proc.children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def folder_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.glob("*.seg")) if folder.exists() else 0
+
+
+async def sample(
+    proc: psutil.Process, db: Path, stop: float, out: list[tuple], extra: list[tuple]
+) -> None:
     start = time.monotonic()
+    wal, spool = Path(str(db) + "-wal"), Path(str(db) + ".spool")
     while time.monotonic() < stop:
         wal_size = wal.stat().st_size if wal.exists() else 0
-        out.append((time.monotonic() - start, proc.memory_info().rss, proc.num_fds(), wal_size))
+        now = time.monotonic() - start
+        out.append((now, proc.memory_info().rss, proc.num_fds(), wal_size))
+        extra.append((now, helpers_rss(proc), folder_size(spool)))
         await asyncio.sleep(5)
 
 
@@ -138,6 +160,7 @@ def main() -> int:
     base = f"http://127.0.0.1:{proxy_port}"
     stats = {"streams": 0, "plain": 0, "aborted": 0, "errors": 0, "5xx": 0}
     samples: list[tuple] = []
+    helpers: list[tuple] = []  # (t, helper processes' RSS, spool bytes)
     try:
         wait_up(f"http://127.0.0.1:{mock_port}/v1/models")
         wait_up(base + "/healthz")
@@ -147,7 +170,7 @@ def main() -> int:
             await asyncio.gather(
                 streams(base, stop, stats),
                 plain(base, stop, stats, args.rate),
-                sample(psutil.Process(proxy.pid), Path(str(db) + "-wal"), stop, samples),
+                sample(psutil.Process(proxy.pid), db, stop, samples, helpers),
             )
 
         asyncio.run(run())
@@ -167,6 +190,15 @@ def main() -> int:
     print(f"load: {stats}")
     first, last = samples[0][1] / mib, samples[-1][1] / mib
     print(f"RSS {first:.1f} -> {last:.1f} MiB; slope from minute 2 {slope:+.2f} MiB/min")
+    helper_later = [(t, rss) for t, rss, _ in helpers if t >= 120] or [
+        (t, r) for t, r, _ in helpers
+    ]
+    helper_slope = slope_per_minute(helper_later) / mib
+    spool_max = max(b for _, _, b in helpers) / mib
+    print(
+        f"indexer + fork server RSS {helpers[0][1] / mib:.1f} -> {helpers[-1][1] / mib:.1f} MiB; "
+        f"slope from minute 2 {helper_slope:+.2f} MiB/min; spool at most {spool_max:.1f} MiB"
+    )
     checks = [
         ("RSS slope from minute 2 <= 1 MiB/min", slope <= 1.0),
         ("RSS growth <= 10 MiB", growth <= 10.0),
@@ -176,6 +208,7 @@ def main() -> int:
         ),
         (f"WAL <= 64 MiB at every sample (max {wal_max:.1f} MiB)", wal_max <= 64),
         ("no 5xx", stats["5xx"] == 0),
+        ("indexer RSS slope from minute 2 <= 1 MiB/min", helper_slope <= 1.0),
     ]
     for name, ok in checks:
         print(("PASS" if ok else "FAIL") + " - " + name)
