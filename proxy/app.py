@@ -166,11 +166,6 @@ class StillroomApp:
             and (s.capture_index == "deferred" or spool.waiting_bytes(local.path))
         ):
             # Inline indexing still starts one to index what an earlier deferred run spooled.
-            try:
-                await local.open_spool()  # one proxy per database: a second one stops here
-            except BaseException:
-                await store.close()
-                raise
             indexer = CaptureIndexer(
                 IndexerOptions(
                     path=local.path,
@@ -182,7 +177,12 @@ class StillroomApp:
                 ),
                 spool_end=lambda: local.spool_end,
             )
-            await indexer.start()
+            try:
+                await local.open_spool()  # one proxy per database: a second one stops here
+                await indexer.start()
+            except BaseException:
+                await store.close()
+                raise
             local.spool_stored = lambda: indexer.stored_position if indexer else 0
         deferred = local is not None and s.capture_index == "deferred"
         writer = CaptureWriter(
@@ -306,7 +306,10 @@ class StillroomApp:
         if state.indexer is not None:
             left = await state.indexer.stop(deadline_s=_WRITER_DRAIN_SECONDS)
             if not left and isinstance(state.store, SQLiteStore):
-                await state.store.erase_spool()  # all stored: no copy of them stays behind
+                try:
+                    await state.store.erase_spool()  # all stored: no copy of them stays behind
+                except OSError as exc:  # the captures are safe; only the copies stay
+                    logger.warning("could not erase the capture spool: %s", exc)
             if left:
                 logger.warning(
                     "%d bytes of captures wait in the spool; they are indexed after the next start",

@@ -1,4 +1,4 @@
-"""An ``ExchangeCopy`` as one byte string, the form a capture waits in the inbox.
+"""An ``ExchangeCopy`` as one byte string, the form a capture waits in the spool.
 
 Pure and cheap: the request path pays for ``encode`` (a small JSON header and a join, a few
 microseconds); ``decode`` runs in the indexer. Layout: a 12-byte prefix (version, header

@@ -159,7 +159,7 @@ def open_sync_writer(
     path: str, *, busy_timeout_s: float = 5.0, max_bytes: int | None = None
 ) -> sqlite3.Connection:
     """A second writing connection to a store's file, set up like the store's own writer
-    (for the capture indexer's process, ``storage.inbox``). The file must exist."""
+    (for the capture indexer's process, ``proxy.indexer``). The file must exist."""
     if not os.path.exists(path):
         raise sqlite3.OperationalError(f"unable to open database file {path!r}")
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
