@@ -41,13 +41,14 @@ def start_serve(mock_url: str, db, **env_extra: str) -> tuple[subprocess.Popen, 
     return proc, base
 
 
-async def load(base: str, stop_at: float, done: list[tuple[str, float]]) -> None:
-    """20 workers, streams and plain calls; ``done`` gets (capture id, completion time)."""
+async def load(base: str, stop_at: list[float], done: list[tuple[str, float]]) -> None:
+    """20 workers, streams and plain calls, until ``stop_at[0]``; ``done`` gets (capture id,
+    completion time)."""
 
     async def worker(n: int) -> None:
         async with httpx.AsyncClient(timeout=30) as client:
             i = 0
-            while time.monotonic() < stop_at:
+            while time.monotonic() < stop_at[0]:
                 i += 1
                 stream = (n + i) % 2 == 0
                 try:
@@ -86,16 +87,25 @@ def restart_and_index(mock_url: str, db) -> None:
     assert spooled_ids(db) == set() and not os.path.exists(spool.spool_dir(str(db)))
 
 
+MIN_DONE = 50  # completed requests before the signal: it must land under real load
+
+
 def run_until_signal(mock_url: str, db, sig: int, after: float) -> tuple[int, list, float]:
+    """Load for ``after`` seconds (longer, up to 20 s, until ``MIN_DONE`` requests completed:
+    a slow machine still gets the signal under load), signal, load 3 s more."""
     proc, base = start_serve(mock_url, db)
     done: list[tuple[str, float]] = []
 
     async def scenario() -> float:
-        loop_end = time.monotonic() + after + 3
-        task = asyncio.ensure_future(load(base, loop_end, done))  # noqa: TID251 - test driver
+        stop_at = [float("inf")]
+        task = asyncio.ensure_future(load(base, stop_at, done))  # noqa: TID251 - test driver
         await asyncio.sleep(after)
+        deadline = time.monotonic() + 20
+        while len(done) <= MIN_DONE and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         signalled = time.monotonic()
         proc.send_signal(sig)
+        stop_at[0] = signalled + 3
         await task
         return signalled
 
@@ -108,7 +118,7 @@ def test_t12_graceful_stop_under_load_loses_no_capture(mock_url, tmp_path):
     db = tmp_path / "graceful.db"
     code, done, _ = run_until_signal(mock_url, db, signal.SIGTERM, after=1.5)
     assert code == 0
-    assert len(done) > 50
+    assert len(done) > MIN_DONE
     missing = {capture_id for capture_id, _ in done} - stored_ids(db)
     assert missing == set()
     assert not os.path.exists(spool.spool_dir(str(db)))  # all indexed, then erased
