@@ -4,21 +4,22 @@ With a SQLite store, capture costs a request almost nothing: the tee's copy is p
 (``proxy.frames``) and the writer appends a batch of them to the store's spool with one write
 (``storage.spool``). Everything else a capture needs (parsing the request, reassembling the
 stream, the record, content-addressed request blobs, tags, the full-text index) happens here,
-in a process of its own, at idle priority: on Linux ``SCHED_IDLE``, so the kernel runs it only
-on CPU time nothing else wants, elsewhere ``nice 19``. Where ``/proc`` exists it also waits
-while the proxy process itself used more than ``busy_share`` of a core over the last tenth of
-a second: a proxy near saturation then keeps its caches, and a container's CPU quota, to
-itself. A busy proxy therefore spends its CPU on requests, and the backlog is indexed when
-load drops.
+in a process of its own. It waits while the proxy process used more than ``busy_share`` of a
+core over the last tenth of a second (read from ``/proc``): a proxy near saturation keeps its
+CPU, its caches and a container's CPU quota to itself. Where the process may leave it again
+(``CAP_SYS_NICE`` or ``RLIMIT_NICE`` ≥ 20, see ``_Priority``) it also runs at Linux's
+``SCHED_IDLE``, so the kernel gives it only CPU time nothing else wants; elsewhere it runs at
+normal priority behind the gate alone. A busy proxy therefore spends its CPU on requests, and
+the backlog is indexed when load drops.
 
 Bounds: when the oldest waiting exchange is older than ``max_lag_s``, or more than
-``max_backlog_bytes`` wait, the indexer runs at normal priority and stops waiting for the
-proxy, until it is back under half of both (on Linux; a ``nice``d process cannot raise itself
-back). On a graceful stop the parent sends ``drain``: the indexer indexes everything left at
-normal priority, then exits; what a deadline cuts off stays in the spool and is indexed after
-the next start. If the parent dies (``kill -9``), the pipe closes and the indexer exits: each
-batch is one database transaction, so it is stored whole or not at all. A crashed indexer is
-restarted by the parent (``proxy.capture_indexer``); the spool waits for it.
+``max_backlog_bytes`` wait, the indexer runs at normal priority and stops waiting for the proxy,
+until it is back under half of both. On a graceful stop the parent sends ``drain``: the indexer
+indexes everything left at normal priority, then exits; what a deadline cuts off stays in the
+spool and is indexed after the next start. If the parent dies (``kill -9``), the pipe closes and
+the indexer exits: each batch is one database transaction, so it is stored whole or not at all.
+A crashed indexer is restarted by the parent (``proxy.capture_indexer``); the spool waits for
+it.
 
 Each batch of records is stored together with the spool position after its last frame
 (``capture_spool``), so every spooled exchange becomes a capture exactly once. Counting, in a
