@@ -4,6 +4,7 @@ and storing them exactly once (proxy.frames, proxy.indexer)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sqlite3
@@ -159,7 +160,12 @@ def test_a_crash_after_storing_stores_nothing_twice(tmp_path: Path) -> None:
     """The position is stored with the captures; a batch stored again is skipped anyway."""
     db = tmp_path / "db"
     asyncio.run(migrated(db))
-    spooled(db, [make_copy(capture_id=f"c{i}", response_body=ANSWER) for i in range(4)])
+    system = {"role": "system", "content": "You are a careful assistant. " * 100}
+    body = json.dumps({**CHAT, "messages": [system, {"role": "user", "content": "hi"}]}).encode()
+    copies = [
+        make_copy(capture_id=f"c{i}", request_body=body, response_body=ANSWER) for i in range(4)
+    ]
+    end = spooled(db, copies)
     first = _Indexer(options(db), [0] * 8)
     first.step()
     first.close()
@@ -169,8 +175,9 @@ def test_a_crash_after_storing_stores_nothing_twice(tmp_path: Path) -> None:
     again = _Indexer(options(db), counters)
     again.step()
     again.close()
-    assert stored_ids(db) == ["c0", "c1", "c2", "c3"]
-    assert counters[POSITION] > 0  # read and passed again, each id still stored once
+    assert stored_ids(db) == ["c0", "c1", "c2", "c3"] and counters[POSITION] == end
+    with sqlite3.connect(db) as conn:  # the shared system prompt: one blob, one ref a capture
+        assert conn.execute("SELECT refs FROM blobs").fetchall() == [(4,)]
 
 
 def test_unbuildable_and_rejected_exchanges_are_counted_and_passed(
