@@ -34,9 +34,12 @@ class KeySet:
     def __len__(self) -> int:
         return len(self._old) + len(self._new)
 
-    def add(self, key: int) -> None:
-        """Add ``key`` (0 <= key < 2**64)."""
-        if key in self:
+    def add(self, key: int, *, absent: bool = False) -> None:
+        """Add ``key`` (0 <= key < 2**64). ``absent``: the caller has just found that ``key``
+        is not in the set, which saves looking it up again (the builder checks every key
+        first, and a lookup in the sorted keys is most of what a build's parent process does
+        per capture)."""
+        if not absent and key in self:
             return
         self._new.add(key)
         if len(self._new) >= MERGE_AT:

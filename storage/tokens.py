@@ -22,7 +22,9 @@ lazily (never at import), from ``storage/encodings/*.tiktoken.gz`` shipped with 
 (built by ``scripts/encodings.py``); the sha256 of the decompressed file is checked against
 tiktoken's published hash before use, and nothing is ever downloaded. Counts of repeated texts
 (system prompts, tool definitions, shared conversation history) are memoised in a small bounded
-cache, so the cost of an example is mostly the cost of its new text.
+cache, so the cost of an example is mostly the cost of its new text; new ASCII text is cut into
+tiktoken's pieces by an equivalent ASCII regex and each piece's count is memoised too
+(``storage._token_pieces``), which gives tiktoken's count at about half its cost.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ from typing import Any
 
 import orjson
 import tiktoken
+
+from storage._token_pieces import PieceCounter
 
 IMAGE_PART_TOKENS = 85
 TOKENS_PER_MESSAGE = 3
@@ -257,10 +261,22 @@ def _count(name: str, text: str) -> int:
     if not text:
         return 0
     if len(text) > _CACHE_MAX_CHARS:
-        return len(get_encoding(name).encode_ordinary(text))
+        return piece_counter(name)(text)
     return _count_cached(name, text)
 
 
 @functools.lru_cache(maxsize=_CACHE_ENTRIES)
 def _count_cached(name: str, text: str) -> int:
-    return len(get_encoding(name).encode_ordinary(text))
+    return piece_counter(name)(text)
+
+
+_counters: dict[str, PieceCounter] = {}
+
+
+def piece_counter(name: str) -> PieceCounter:
+    """``len(get_encoding(name).encode_ordinary(text))`` as a function of ``text``, memoising
+    the count of each piece of ASCII text (``storage._token_pieces``); one per process."""
+    counter = _counters.get(name)
+    if counter is None:
+        counter = _counters.setdefault(name, PieceCounter(get_encoding(name)))
+    return counter

@@ -7,15 +7,20 @@ import socket
 import subprocess
 import sys
 import threading
+from itertools import chain, product
+from pathlib import Path
 from unittest import mock
 
 import orjson
 import pytest
 import tiktoken.load
 import tiktoken.model
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tiktoken_ext import openai_public
 
 from storage import tokens
+from storage._token_pieces import PieceCounter
 from storage.tokens import (
     EncodingFileError,
     count_answer,
@@ -67,6 +72,7 @@ COOKBOOK_MESSAGES = [
 def fresh_tokens(monkeypatch: pytest.MonkeyPatch):
     """Nothing loaded or memoised yet, as in a new process."""
     monkeypatch.setattr(tokens, "_loaded", {})
+    monkeypatch.setattr(tokens, "_counters", {})
     tokens._count_cached.cache_clear()
     yield
     tokens._count_cached.cache_clear()
@@ -327,3 +333,66 @@ def test_import_loads_nothing():
         "assert t._count_cached.cache_info().currsize == 0\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- the ASCII fast path (storage._token_pieces) is tiktoken's count, exactly ----------------------
+
+# One character of each kind the patterns tell apart: lower and upper letters (the contraction
+# letters among them), digits, each ASCII White_Space character, the separators Python's \s takes
+# but Unicode's does not (\x1c-\x1f), the apostrophe, "/" (o200k joins it to line ends), other
+# punctuation and a control character.
+_KINDS = "asZT0 \t\n\r\x0b\x0c\x1c\x1f'/!\x00"
+
+
+def _counters(name):
+    encoding = get_encoding(name)
+    return encoding, PieceCounter(encoding), PieceCounter(encoding, memo_pieces=3)
+
+
+@pytest.mark.parametrize("name", ["o200k_base", "cl100k_base"])
+def test_ascii_patterns_cut_every_short_text_as_tiktoken_does(name):
+    """Every text of up to 4 characters over _KINDS (88,000 texts): the same count, with a
+    big and a tiny (always clearing) memo."""
+    encoding, counter, tiny = _counters(name)
+    assert counter._findall is not None  # the fast path is on for the shipped encodings
+    for text in map("".join, chain.from_iterable(product(_KINDS, repeat=n) for n in range(5))):
+        expected = len(encoding.encode_ordinary(text))
+        assert counter(text) == expected == tiny(text), repr(text)
+
+
+@pytest.mark.parametrize("name", ["o200k_base", "cl100k_base"])
+@given(
+    st.lists(
+        st.one_of(
+            st.characters(max_codepoint=127),
+            st.sampled_from(["'s", "'LL", "'Ve", " 12345", "\r\n", " /\n", "  ", "Hello", "x'd"]),
+        ),
+        max_size=60,
+    ).map("".join)
+)
+@settings(max_examples=400, deadline=None)
+def test_ascii_text_counts_as_tiktoken_counts(name, text):
+    encoding, counter, tiny = _counters(name)
+    assert counter(text) == len(encoding.encode_ordinary(text)) == tiny(text)
+
+
+@pytest.mark.parametrize("name", ["o200k_base", "cl100k_base"])
+def test_the_repositorys_own_text_counts_as_tiktoken_counts(name):
+    """Code, Markdown and YAML: real text, with indentation, line ends and symbols."""
+    encoding, counter, _ = _counters(name)
+    root = Path(__file__).resolve().parent.parent
+    files = sorted(root.glob("storage/*.py")) + sorted(root.glob("docs/*.md"))
+    assert len(files) > 10
+    for path in files:
+        text = path.read_text()
+        for chunk in (text, *text.split("\n\n")):
+            assert counter(chunk) == len(encoding.encode_ordinary(chunk)), path
+
+
+def test_non_ascii_text_is_left_to_tiktoken():
+    encoding = get_encoding("o200k_base")
+    counter = PieceCounter(encoding)
+    text = "Grüße, naïve café – 東京 🚀 'S"
+    with mock.patch.object(counter, "_findall", side_effect=AssertionError("fast path")):
+        assert counter(text) == len(encoding.encode_ordinary(text))
+    assert count_text(text) == len(encoding.encode_ordinary(text))
