@@ -33,7 +33,7 @@ from storage.datasets import (
 )
 from storage.examples import Example, Rejection, build_example
 from storage.query import StoredCapture
-from storage.tokens import count_answer, count_example
+from storage.tokens import example_tokens
 
 BATCH = 500  # captures read, judged and stored per step
 
@@ -88,15 +88,15 @@ def judge(
     near_key = built.near_key if near or seen_near is not None else None
     if seen_near is not None and near_key is not None and int(near_key[:16], 16) in seen_near:
         return Rejected("near_duplicate")
-    model = built.model
+    size, answer_tokens = example_tokens(built.messages, built.tools, built.model)
     return Judged(
         built.capture_id,
         built.created_at,
         built.content_hash,
         built.prompt_hash,
         near_key,
-        count_example(built.messages, built.tools, model),
-        count_answer(built.messages[-1], model),
+        size,
+        answer_tokens,
         built.corrected and built.original_answer is not None,
         built.feedback_score,
     )

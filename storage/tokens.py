@@ -207,6 +207,22 @@ def count_example(
     return total
 
 
+def example_tokens(
+    messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, model: str | None
+) -> tuple[int, int]:
+    """``(count_example(...), count_answer(messages[-1], ...))`` in one pass over the messages
+    (the dataset builder needs both for every capture)."""
+    name = encoding_name(model)
+    total = PRIMING_TOKENS
+    answer = 0
+    for message in messages:
+        answer = _count_message(name, message)
+        total += answer
+    if tools:
+        total += _count(name, orjson.dumps(tools).decode())
+    return total, answer
+
+
 def count_answer(message: dict[str, Any], model: str | None) -> int:
     """Tokens of the trained answer alone (assistant-token statistics)."""
     return _count_message(encoding_name(model), message)

@@ -27,6 +27,7 @@ from storage.tokens import (
     count_example,
     count_text,
     encoding_name,
+    example_tokens,
     get_encoding,
     load_encoding,
 )
@@ -120,6 +121,18 @@ def test_small_example_by_hand():
     # priming 3 + (3 per message + role 1 + content 2) * 2
     assert count_example(messages, None, "gpt-4o") == 3 + (3 + 1 + 2) * 2 == 15
     assert count_answer(messages[1], "gpt-4o") == 3 + 1 + 2
+    assert example_tokens(messages, None, "gpt-4o") == (15, 6)
+
+
+@pytest.mark.parametrize("model", ["gpt-4", "gpt-4o"])
+def test_example_tokens_is_both_counts_in_one_pass(model):
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    answer = {"role": "assistant", "content": "Things working well together."}
+    for messages in ([*COOKBOOK_MESSAGES, answer], [answer]):
+        assert example_tokens(messages, tools, model) == (
+            count_example(messages, tools, model),
+            count_answer(answer, model),
+        )
 
 
 def test_name_adds_its_text_and_one():
