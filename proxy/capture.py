@@ -107,6 +107,14 @@ class CaptureStats:
         return 0 if self._indexer is None else self._indexer.skipped_bytes
 
     @property
+    def index_retries_total(self) -> int:
+        return 0 if self._indexer is None else self._indexer.retries_total
+
+    @property
+    def indexer_restarts_total(self) -> int:
+        return 0 if self._indexer is None else self._indexer.restarts
+
+    @property
     def written_total(self) -> int:
         return self._writer.written_total
 

@@ -25,6 +25,7 @@ from proxy.indexer import (
     INDEXED,
     LAG_MS,
     POSITION,
+    RETRIES,
     SKIPPED_BYTES,
     SLOTS,
     STORAGE_ERROR,
@@ -95,6 +96,11 @@ class CaptureIndexer:
     def skipped_bytes(self) -> int:
         """Spool bytes that could not be read (torn or corrupt) and were skipped."""
         return int(self._counters[SKIPPED_BYTES])
+
+    @property
+    def retries_total(self) -> int:
+        """Times the indexer could not store (database locked, full, unavailable) and waited."""
+        return int(self._counters[RETRIES])
 
     def dropped_total(self) -> dict[str, int]:
         return {

@@ -203,6 +203,15 @@ class CaptureMetrics:
             "Spool bytes the indexer could not read (a torn or corrupt end after a crash or a "
             "full disk) and skipped: captures lost there are not in the drop counts.",
         )
+        retries = CounterMetricFamily(
+            "stillroom_capture_index_retries",
+            "Times the indexer could not store captures (database locked, full or unavailable) "
+            "and waited to retry; the captures stay in the spool meanwhile.",
+        )
+        restarts = CounterMetricFamily(
+            "stillroom_capture_indexer_restarts",
+            "Times the indexer process died and was started again.",
+        )
         for source in self._sources:
             written.add_metric([], source.written_total)
             for reason, count in source.dropped_total().items():
@@ -213,7 +222,9 @@ class CaptureMetrics:
             backlog.add_metric([], source.index_backlog_bytes)
             lag.add_metric([], source.index_lag_s)
             skipped.add_metric([], source.spool_skipped_bytes)
-        return [written, dropped, depth, size, indexed, backlog, lag, skipped]
+            retries.add_metric([], source.index_retries_total)
+            restarts.add_metric([], source.indexer_restarts_total)
+        return [written, dropped, depth, size, indexed, backlog, lag, skipped, retries, restarts]
 
 
 class CaptureSource(Protocol):
@@ -237,6 +248,12 @@ class CaptureSource(Protocol):
 
     @property
     def spool_skipped_bytes(self) -> int: ...
+
+    @property
+    def index_retries_total(self) -> int: ...
+
+    @property
+    def indexer_restarts_total(self) -> int: ...
 
     def dropped_total(self) -> dict[str, int]: ...
 

@@ -298,7 +298,7 @@ async def test_a_dead_indexer_is_restarted_and_a_stop_drains(tmp_path: Path) -> 
         old = handle._process.pid
         os.kill(old, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while not (handle.restarts and handle.alive):
+        while not (handle.restarts == 1 and handle.alive):
             assert time.monotonic() < deadline, "the indexer was not restarted"
             await asyncio.sleep(0.05)
         assert handle._process.pid != old
@@ -307,6 +307,33 @@ async def test_a_dead_indexer_is_restarted_and_a_stop_drains(tmp_path: Path) -> 
         left = await handle.stop(deadline_s=10)
     assert left == 0 and not handle.alive
     assert stored_ids(db) == ["late"] and handle.stored_position == end
+
+
+@pytest.mark.anyio
+async def test_a_locked_database_is_retried_and_counted(tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    await migrated(db)
+    lock = sqlite3.connect(db, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    handle = CaptureIndexer(options(db, busy_timeout_s=0.05, poll_s=0.02))
+    await handle.start()
+    try:
+        spooled(db, [make_copy(capture_id="waited", response_body=ANSWER)])
+        deadline = time.monotonic() + 10
+        while handle.retries_total == 0:
+            assert time.monotonic() < deadline, "the indexer never met the lock"
+            await asyncio.sleep(0.02)
+        assert handle.indexed_total == 0
+        lock.execute("COMMIT")
+        while handle.indexed_total == 0:
+            assert time.monotonic() < deadline, "the indexer never stored after the lock"
+            await asyncio.sleep(0.02)
+    finally:
+        if lock.in_transaction:
+            lock.execute("COMMIT")
+        lock.close()
+        await handle.stop(deadline_s=10)
+    assert stored_ids(db) == ["waited"] and handle.restarts == 0
 
 
 def test_capture_index_setting() -> None:
@@ -340,6 +367,8 @@ def test_the_server_indexes_its_spool_and_erases_it_on_a_graceful_stop(
         assert metric(base, "stillroom_captures_written_total") == 5
         assert metric(base, "stillroom_captures_indexed_total") == 5
         assert metric(base, "stillroom_capture_index_backlog_bytes") == 0
+        assert metric(base, "stillroom_capture_index_retries_total") == 0
+        assert metric(base, "stillroom_capture_indexer_restarts_total") == 0
         assert os.path.isdir(spool.spool_dir(str(db)))
     assert not os.path.exists(spool.spool_dir(str(db)))  # all stored: nothing left behind
 
