@@ -37,6 +37,7 @@ from proxy.capture import (
     CaptureStats,
 )
 from proxy.capture_indexer import CaptureIndexer
+from proxy.capture_pending import CapturePending
 from proxy.errors import InvalidRequest, RouteNotFound
 from proxy.forward import Forwarder, RelayConfig
 from proxy.http1 import Http1Pool, Http1Transport
@@ -80,6 +81,7 @@ class AppState:
     router: Router | None = None  # None: capture off (no store for routes)
     evals: EvalTasks | None = None  # None: capture off (no store to run evals on)
     indexer: CaptureIndexer | None = None  # None: records are built inline (or capture off)
+    pending: CapturePending | None = None  # captures handed out but not stored yet
 
 
 class StillroomApp:
@@ -109,6 +111,7 @@ class StillroomApp:
                 lambda: self.state.runner if self.state else None,
                 lambda: self.state.router if self.state else None,
                 lambda: self.state.evals if self.state else None,
+                lambda: self.state.pending if self.state else None,
             )
             if settings.admin_token is not None
             else None
@@ -235,6 +238,7 @@ class StillroomApp:
         )
         router = await self._router(store) if s.capture else None
         forwarder = Forwarder(relay, pool, self.metrics, policy, router)
+        on_the_way = CapturePending(writer, indexer, lambda: local.spool_end if local else None)
         self.state = AppState(
             client=client,
             forwarder=forwarder,
@@ -242,12 +246,14 @@ class StillroomApp:
             writer=writer,
             router=router,
             indexer=indexer,
+            pending=on_the_way,
         )
         if s.stored_completions == "local":
             self.state.stored_completions = StoredCompletions(
                 store,
                 fingerprint_secret=secret,
                 admin_token=s.admin_token.reveal() if s.admin_token else None,
+                pending=on_the_way,
             )
         if s.retention_days is not None:
             self.state.retention = Retention(store, days=s.retention_days)

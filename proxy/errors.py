@@ -15,6 +15,8 @@ Hierarchy::
     ├── AdminAuthError              admin route without the admin bearer token   → 401
     ├── MethodNotAllowed            a served path, but not with this method      → 405
     ├── UnprocessableRequest        well-formed but refused (unscoped bulk edit) → 422
+    ├── CaptureNotStoredYet         a capture id handed out, its capture on its
+    │                               way to the store (proxy.capture_pending)     → 409
     └── StoreNotReady               the store failed or is not open              → 503
 
 Upstream 4xx/5xx answers are *not* exceptions: they pass through byte for byte. Every error the
@@ -32,6 +34,7 @@ class ProxyError(Exception):
     status_code = 500
     error_type = "proxy_error"
     code: str | None = "proxy_error"
+    retry_after_s: int | None = None  # sent as Retry-After when set
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
@@ -106,6 +109,16 @@ class UnprocessableRequest(ProxyError):
     status_code = 422
     error_type = "invalid_request_error"
     code = "unprocessable_request"
+
+
+class CaptureNotStoredYet(ProxyError):
+    status_code = 409  # retried by the OpenAI SDKs, with Retry-After
+    error_type = "invalid_request_error"
+    code = "capture_not_stored_yet"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message, param="id")
+        self.retry_after_s = retry_after_s
 
 
 class StoreNotReady(ProxyError):

@@ -162,6 +162,12 @@ class CaptureWriter:
         return len(self._queue) + self._in_flight
 
     @property
+    def settled_total(self) -> int:
+        """Records submitted and since written or dropped. They settle in the order they were
+        submitted, so once this reaches N the first N submitted are all settled."""
+        return self.submitted_total - self.queue_depth
+
+    @property
     def queue_bytes(self) -> int:
         """Approximate bytes held by ``queue_depth`` records (see ``record_size``)."""
         return self._queued_bytes + self._in_flight_bytes
@@ -203,13 +209,17 @@ class CaptureWriter:
             raise RuntimeError("CaptureWriter already started")
         self._task = spawn(self._run(), name="capture-writer")
 
+    def flush_soon(self) -> None:
+        """Write what is queued now without waiting for ``flush_interval``; do not wait."""
+        self._flush_requested = True
+        self._wakeup.set()
+
     async def flush(self, timeout_s: float | None = None) -> bool:
         """Write everything queued now, without waiting for ``flush_interval``.
 
         Returns True once nothing is queued or in flight, False if ``timeout_s`` ran out.
         """
-        self._flush_requested = True
-        self._wakeup.set()
+        self.flush_soon()
         try:
             await asyncio.wait_for(self._idle.wait(), timeout_s)
         except TimeoutError:

@@ -33,6 +33,8 @@ def json_response(data: Any, status: int = 200) -> Response:
 
 
 def error_response(error: ProxyError, headers: Mapping[str, str] | None = None) -> Response:
+    if error.retry_after_s is not None:
+        headers = {**(headers or {}), "retry-after": str(error.retry_after_s)}
     return Response(
         error.to_json(), error.status_code, headers=headers, media_type="application/json"
     )

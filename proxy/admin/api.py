@@ -13,6 +13,7 @@ running eval, 413 body over ``MAX_BODY_BYTES``, 422 a bulk edit with an empty fi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -45,6 +46,7 @@ from proxy.admin.params import (
 )
 from proxy.admin.routes import RouterProvider, route_routes
 from proxy.admin.serialize import capture_json, conversation_json
+from proxy.capture_pending import CapturePending, find_capture
 from proxy.errors import (
     InvalidRequest,
     MethodNotAllowed,
@@ -57,6 +59,8 @@ from proxy.types import ASGIApp
 from storage.base import Store
 from storage.query import CaptureFilter
 
+PendingProvider = Callable[[], CapturePending | None]
+
 
 def create_admin_app(
     token: Secret,
@@ -64,9 +68,10 @@ def create_admin_app(
     runner: RunnerProvider | None = None,
     router: RouterProvider | None = None,
     evals: EvalTasksProvider | None = None,
+    pending: PendingProvider | None = None,
 ) -> ASGIApp:
     """The ``/admin`` ASGI app: the bearer check in front of the routes."""
-    routes = AdminRoutes(store)
+    routes = AdminRoutes(store, pending or (lambda: None))
     site = Starlette(
         routes=[
             route("/admin/openapi.json", "GET", routes.openapi),
@@ -105,8 +110,11 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 class AdminRoutes:
     """The handlers; the store is looked up per request (it exists only while the app runs)."""
 
-    def __init__(self, store: StoreProvider) -> None:
+    def __init__(self, store: StoreProvider, pending: PendingProvider) -> None:
         self._store = store
+        # A capture whose id the client has but the store not yet: wait a moment for it
+        # (proxy.capture_pending).
+        self._pending = pending
 
     def store(self) -> Store:
         return current_store(self._store)
@@ -131,7 +139,9 @@ class AdminRoutes:
     async def get_capture(self, request: Request) -> Response:
         capture_id = _capture_id(request)
         store = self.store()
-        stored = await store.get_capture(capture_id)
+        stored = await find_capture(
+            self._pending(), capture_id, lambda: store.get_capture(capture_id)
+        )
         if stored is None:
             raise _no_capture(capture_id)
         out = capture_json(stored, detail=True)
@@ -143,14 +153,22 @@ class AdminRoutes:
     async def patch_capture(self, request: Request) -> Response:
         capture_id = _capture_id(request)
         patch = parse_body_patch(await read_json(request))
-        stored = await self.store().update_capture(capture_id, patch)
+        store = self.store()
+        stored = await find_capture(
+            self._pending(), capture_id, lambda: store.update_capture(capture_id, patch)
+        )
         if stored is None:
             raise _no_capture(capture_id)
         return json_response(capture_json(stored))
 
     async def delete_capture(self, request: Request) -> Response:
         capture_id = _capture_id(request)
-        if not await self.store().delete_capture(capture_id):
+        store = self.store()
+
+        async def delete() -> bool | None:
+            return await store.delete_capture(capture_id) or None
+
+        if not await find_capture(self._pending(), capture_id, delete):
             raise _no_capture(capture_id)
         return json_response({"object": "capture.deleted", "id": capture_id, "deleted": True})
 

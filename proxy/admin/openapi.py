@@ -67,6 +67,8 @@ _ERRORS = {
     "404-dataset": "no such dataset (unknown or malformed name)",
     "409-create": "a dataset with this name exists (code dataset_exists)",
     "409-export": "the dataset's captures were deleted or edited since (code dataset_changed)",
+    "409-pending": "captures are on their way to the store and did not arrive within 5 s: this "
+    "one may be among them (code capture_not_stored_yet; retry after Retry-After seconds)",
     "413": "body over 1 MiB",
     "422": 'empty filter without "all": true',
     "503": "the store failed or is not open",
@@ -131,20 +133,20 @@ def _paths() -> dict[str, Any]:
                 "One capture with its request, raw response, reassembled response and, for "
                 "a Responses API call, its conversation",
                 {**_ok("the capture", "CaptureDetail"), "links": _links("/id", *_BY_ID)},
-                ("404",),
+                ("404", "409-pending"),
             ),
             "patch": _operation(
                 "updateCapture",
                 "Curate one capture: tags, feedback, exclusion, corrected answer",
                 {**_ok("the updated capture", "Capture"), "links": _links("/id", *_BY_ID)},
-                ("400", "404", "413"),
+                ("400", "404", "409-pending", "413"),
                 body="Patch",
             ),
             "delete": _operation(
                 "deleteCapture",
                 "Hard-delete one capture (its text is gone from the files)",
                 _ok("deleted", "CaptureDeleted"),
-                ("404",),
+                ("404", "409-pending"),
             ),
         },
         "/admin/captures/update": {

@@ -48,6 +48,7 @@ from proxy.admin._completion_shapes import (
 )
 from proxy.capture import credential as read_credential
 from proxy.capture import key_fingerprint
+from proxy.capture_pending import CapturePending, find_capture
 from proxy.errors import InvalidRequest, ProxyError, RequestTooLarge, RouteNotFound
 from proxy.types import Receive, Scope, Send
 from storage.base import Store
@@ -103,29 +104,32 @@ def match_route(method: str, path: str) -> Call | None:
 class StoredCompletions:
     """The raw-ASGI handler for the calls ``match_route`` accepts."""
 
-    def __init__(self, store: Store, *, fingerprint_secret: bytes, admin_token: str | None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        fingerprint_secret: bytes,
+        admin_token: str | None,
+        pending: CapturePending | None = None,
+    ) -> None:
         self._store = store
+        self._pending = pending  # a completion whose capture is on its way: wait a moment
         self._secret = fingerprint_secret
         self._admin_token = admin_token.encode("utf-8") if admin_token else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         call = match_route(scope["method"], scope["path"])
+        headers = [(b"content-type", b"application/json")]
         try:
             if call is None:
                 raise RouteNotFound(f"Invalid URL ({scope['method']} {scope['path']})")
             status, body = 200, orjson.dumps(await self._answer(call, scope, receive))
         except ProxyError as exc:
             status, body = exc.status_code, exc.to_json()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode("ascii")),
-                ],
-            }
-        )
+            if exc.retry_after_s is not None:
+                headers.append((b"retry-after", str(exc.retry_after_s).encode("ascii")))
+        headers.append((b"content-length", str(len(body)).encode("ascii")))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _answer(self, call: Call, scope: Scope, receive: Receive) -> dict[str, Any]:
@@ -176,7 +180,12 @@ class StoredCompletions:
     async def _find(self, ref: str, fingerprint: str | None) -> StoredCapture:
         if len(ref) > MAX_ID_LENGTH:
             raise _not_found(ref)
-        stored = await self._store.get_capture(ref, key_fingerprint=fingerprint)
+        stored = await find_capture(
+            self._pending,
+            ref,
+            lambda: self._store.get_capture(ref, key_fingerprint=fingerprint),
+            what="completion",
+        )
         if stored is None or not _visible(stored, fingerprint):
             raise _not_found(ref)
         return stored
