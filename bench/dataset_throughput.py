@@ -14,7 +14,8 @@ The export runs in a process of its own, as ``stillroom datasets export`` does a
 ``stillroom datasets create``; ``--one-process`` exports in the process that created, which
 still holds the builder's memory and the tokenizer. ``--workers N`` sets each step's worker
 processes (1: in process; default: the automatic choice). Each run creates a dataset with a
-fresh name; ``--keep`` keeps it (by default it is deleted at the end).
+fresh name; ``--keep`` keeps it (by default it is deleted at the end). ``--create-only`` skips
+the export; the create line also gives the CPU time of the process and of its workers.
 """
 
 from __future__ import annotations
@@ -92,6 +93,9 @@ async def main() -> None:
     parser.add_argument(
         "--one-process", action="store_true", help="export in the process that created"
     )
+    parser.add_argument(
+        "--create-only", action="store_true", help="create (and delete) the dataset, no export"
+    )
     args = parser.parse_args()
     if not args.db.exists():
         raise SystemExit(f"{args.db} is missing: build it with bench/query_latency.py first")
@@ -111,20 +115,25 @@ async def create_and_export(store: SQLiteStore, args: argparse.Namespace) -> Non
     name = f"bench-{int(time.time())}"
     print(f"store: {captures:,} captures; start RSS peak {peak_mb():.0f} MB", flush=True)
     tree = TreeMemory()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), os.times()
     dataset = await create_dataset(
         store, DatasetSpec(name=name, where=CaptureFilter()), workers=args.workers
     )
-    create_s = time.perf_counter() - started
+    create_s, after = time.perf_counter() - started, os.times()
+    own = after.user - cpu.user + after.system - cpu.system
+    workers = after.children_user - cpu.children_user + after.children_system - cpu.children_system
     print(
         f"create: {dataset.considered:,} captures -> {sum(dataset.counts.values()):,} examples"
         f" in {create_s:.1f} s = {dataset.considered / create_s:,.0f} captures/s;"
+        f" CPU {own:.1f} s in this process, {workers:.1f} s in its workers;"
         f" peak RSS {peak_mb():.0f} MB, with its worker processes {tree.stop():.0f} MB;"
         f" rejected {dataset.rejected}",
         flush=True,
     )
     try:
-        if args.one_process:
+        if args.create_only:
+            pass
+        elif args.one_process:
             await export_step(store, name, args.workers)
         else:
             # As `stillroom datasets create` and `... export` run: each step its own process.

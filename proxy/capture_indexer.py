@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ from proxy.indexer import (
     CAPTURE_ERROR,
     DRAIN,
     END,
+    HURRY,
     INDEXED,
     LAG_MS,
     POSITION,
@@ -35,6 +37,8 @@ from proxy.indexer import (
 from proxy.tasks import cancel_and_wait, spawn
 
 logger = logging.getLogger("stillroom.indexer")
+
+HURRY_EVERY_S = 0.1
 
 
 def _context() -> Any:
@@ -70,6 +74,7 @@ class CaptureIndexer:
         self._stopping = False
         self._spawning: asyncio.Future[None] | None = None
         self.restarts = 0
+        self._hurried_at = -HURRY_EVERY_S
 
     # -- counters ----------------------------------------------------------------------------
 
@@ -152,6 +157,17 @@ class CaptureIndexer:
     def _restart(self) -> asyncio.Future[None]:
         self._spawning = asyncio.get_running_loop().run_in_executor(None, self._spawn)
         return self._spawning
+
+    def hurry(self) -> None:
+        """Ask the indexer to store what is spooled now without waiting for the proxy to be
+        idle (someone waits for a capture: ``proxy.capture_pending``); at most every
+        ``HURRY_EVERY_S``."""
+        now = time.monotonic()
+        if self._pipe is None or now - self._hurried_at < HURRY_EVERY_S:
+            return
+        self._hurried_at = now
+        with contextlib.suppress(OSError, ValueError):
+            self._pipe.send(HURRY)
 
     async def stop(self, deadline_s: float) -> int:
         """Index what is left (up to ``deadline_s``) and stop; the bytes left for the next

@@ -6,14 +6,18 @@ and, with deferred indexing, in the spool until the indexer has stored it: a mom
 ``STILLROOM_CAPTURE_INDEX_MAX_LAG`` under sustained full load. An app that sends feedback for
 the id it has just been given would otherwise be told there is no such capture.
 
-``CapturePending.settle`` waits until everything submitted before the call is stored (or
-dropped, and counted): the writer has settled its first N records, then the indexer's stored
-position has passed the spool's end as of that moment. ``find`` wraps a lookup by id (the admin
+``CapturePending.settle`` waits until everything queued before the call is stored (or
+dropped, and counted): the writer has settled its first N records (it is asked to flush at
+once), then the indexer's stored position has passed the spool's end as of that moment (it is
+asked to hurry: to index up to there at normal priority, without waiting for the proxy to be
+idle). ``find`` wraps a lookup by id (the admin
 API's capture routes, the Stored Completions API): a capture that is missing while captures are
 on their way is looked up again once they have settled; if they do not settle within
 ``SETTLE_S``, the answer is ``proxy.errors.CaptureNotStoredYet`` (409, ``Retry-After``), which
-the OpenAI SDKs retry, instead of a 404 that would be wrong. Bulk edits and retention act on stored
-captures only.
+the OpenAI SDKs retry, instead of a 404 that would be wrong; so is a lookup beyond
+``MAX_WAITERS`` waiting at once. A capture whose exchange has not ended (a stream still
+running) is not on its way yet, and another replica's queue is not seen: those are 404s. Bulk
+edits and retention act on stored captures only.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 SETTLE_S = 5.0  # how long a lookup waits for captures on their way before answering 409
-POLL_S = 0.01
+POLL_S = 0.05
+MAX_WAITERS = 32  # lookups waiting at once; more are answered 409 at once
 
 
 class CapturePending:
@@ -47,11 +52,12 @@ class CapturePending:
         self._writer = writer
         self._indexer = indexer
         self._spool_end = spool_end or (lambda: None)
+        self._waiters = 0
 
     def busy(self) -> bool:
-        """Some capture submitted so far is not stored (nor dropped) yet."""
+        """Some capture queued so far is not stored (nor dropped) yet."""
         writer, indexer = self._writer, self._indexer
-        if writer.settled_total < writer.submitted_total:
+        if writer.settled_total < writer.queued_total:
             return True
         return indexer is not None and indexer.backlog_bytes > 0
 
@@ -61,7 +67,7 @@ class CapturePending:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         writer, indexer = self._writer, self._indexer
-        target = writer.submitted_total
+        target = writer.queued_total
         if writer.settled_total < target:
             writer.flush_soon()  # do not wait for the flush interval
         while writer.settled_total < target:
@@ -74,6 +80,7 @@ class CapturePending:
         while indexer.stored_position < end:
             if loop.time() >= deadline:
                 return False
+            indexer.hurry()  # do not wait for the proxy to be idle
             await asyncio.sleep(POLL_S)
         return True
 
@@ -88,17 +95,28 @@ class CapturePending:
         """``lookup()``, and again once the captures on their way have settled if it found
         nothing at first; ``CaptureNotStoredYet`` if they do not settle within ``timeout_s``
         (default ``SETTLE_S``)."""
+        busy = self.busy()  # before the lookup: a capture stored during it is looked up again
         found = await lookup()
-        if found is not None or not self.busy():
+        if found is not None or not (busy or self.busy()):
             return found
-        if not await self.settle(SETTLE_S if timeout_s is None else timeout_s):
-            lag = self._indexer.lag_s if self._indexer is not None else 0.0
-            raise CaptureNotStoredYet(
-                f"{what} {ref:.100} is not stored yet, or does not exist: captures are on their "
-                f"way to the store (about {lag:.0f} s behind); retry later",
-                retry_after_s=max(1, math.ceil(min(lag, 60.0))),
-            )
+        if self._waiters >= MAX_WAITERS:
+            raise self._not_yet(what, ref)
+        self._waiters += 1
+        try:
+            settled = await self.settle(SETTLE_S if timeout_s is None else timeout_s)
+        finally:
+            self._waiters -= 1
+        if not settled:
+            raise self._not_yet(what, ref)
         return await lookup()
+
+    def _not_yet(self, what: str, ref: str) -> CaptureNotStoredYet:
+        lag = self._indexer.lag_s if self._indexer is not None else 0.0
+        return CaptureNotStoredYet(
+            f"{what} {ref:.100} is not stored yet, or does not exist: captures are on their "
+            f"way to the store (about {lag:.0f} s behind); retry later",
+            retry_after_s=max(1, math.ceil(min(lag, 60.0))),
+        )
 
 
 async def find_capture(

@@ -61,6 +61,7 @@ RETRY_INITIAL_S = 0.05
 RETRY_MAX_S = 2.0
 BUSY_WINDOW_S = 0.1
 DRAIN = "drain"
+HURRY = "hurry"  # someone waits for what is spooled now: index up to it at normal priority
 
 logger = logging.getLogger("stillroom.indexer")
 
@@ -247,7 +248,10 @@ class _Indexer:
             self._rewind(stored)
             raise
         if not batch:
-            self._report_skipped()  # nothing to commit it with: the position stays
+            if self.reader.position > stored:
+                # Only unreadable bytes since the stored position (a torn or corrupt end):
+                # store the position past them, or the backlog would never be empty.
+                return self._skip_past(stored)
             self.counters[LAG_MS] = 0
             return False
         items: list[tuple[int, CaptureRecord | None]] = []
@@ -265,6 +269,18 @@ class _Indexer:
             raise
         self._report_skipped()
         self.reader.collect(int(self.counters[POSITION]))
+        return True
+
+    def _skip_past(self, stored: int) -> bool:
+        position = self.reader.position
+        try:
+            with self.priority.raised():
+                self._commit([], position, broken=0)
+        except BaseException:
+            self._rewind(stored)
+            raise
+        self._report_skipped()
+        self.reader.collect(position)
         return True
 
     def _rewind(self, stored: int) -> None:
@@ -327,20 +343,25 @@ def run(
     indexer: _Indexer | None = None
     draining = False
     over = False
+    hurry, hurry_until = False, -1  # a HURRY message; the spool end it asked for
     delay = RETRY_INITIAL_S
     try:
         while True:
             try:
                 if pipe.poll():
-                    pipe.recv()
-                    draining = True
-                    priority.set(idle=False)
+                    if pipe.recv() == HURRY:
+                        hurry = True
+                    else:
+                        draining = True
+                        priority.set(idle=False)
             except (EOFError, OSError):
                 return  # the parent is gone
             try:
                 if indexer is None:
                     indexer = _Indexer(options, counters, priority)
                 waiting = indexer.backlog()
+                if hurry:
+                    hurry, hurry_until = False, int(counters[END])
                 if not waiting:
                     counters[LAG_MS] = 0
                     if draining:
@@ -351,8 +372,9 @@ def run(
                     continue
                 if not draining:
                     over = _over_bounds(options, over, indexer.lag(), waiting)
-                    priority.set(idle=not over)
-                    if not over and load.busy(options.busy_share):
+                    hurried = int(counters[POSITION]) < hurry_until
+                    priority.set(idle=not (over or hurried))
+                    if not (over or hurried) and load.busy(options.busy_share):
                         _wait(pipe, BUSY_WINDOW_S)
                         continue
                 if not indexer.step():

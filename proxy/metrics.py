@@ -210,7 +210,7 @@ class CaptureMetrics:
         )
         restarts = CounterMetricFamily(
             "stillroom_capture_indexer_restarts",
-            "Times the indexer process died and was started again.",
+            "Times the indexer process was found dead and a restart was tried.",
         )
         for source in self._sources:
             written.add_metric([], source.written_total)

@@ -138,6 +138,7 @@ class CaptureWriter:
         self._log = RateLimitedLog(logger, log_interval_s)
 
         self.submitted_total = 0
+        self.queued_total = 0  # submitted and accepted into the queue (not dropped at once)
         self.written_total = 0
         self.batches_total = 0
         self.dropped_total: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
@@ -163,9 +164,9 @@ class CaptureWriter:
 
     @property
     def settled_total(self) -> int:
-        """Records submitted and since written or dropped. They settle in the order they were
-        submitted, so once this reaches N the first N submitted are all settled."""
-        return self.submitted_total - self.queue_depth
+        """Records queued and since written or dropped. They settle in the order they were
+        queued, so once this reaches N the first N of ``queued_total`` are all settled."""
+        return self.queued_total - self.queue_depth
 
     @property
     def queue_bytes(self) -> int:
@@ -194,6 +195,7 @@ class CaptureWriter:
             self._drop(1, "queue_full", "capture queue is full")
             return False
         self._queue.append((record, size, time.monotonic()))
+        self.queued_total += 1
         self._queued_bytes += size
         if self._idle.is_set():
             self._idle.clear()

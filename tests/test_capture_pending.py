@@ -4,6 +4,7 @@ Completions API wait for it instead of answering 404 (proxy.capture_pending)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
 from contextlib import ExitStack
@@ -16,6 +17,7 @@ import pytest
 from proxy import capture_pending
 from proxy.capture_pending import CapturePending
 from proxy.tasks import spawn
+from proxy.writer import CaptureWriter
 from tests._admin import AUTH, TOKEN, UNKNOWN_ID
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
@@ -112,7 +114,7 @@ def test_a_stored_completion_is_retrievable_right_after_it_was_made(start_proxy,
 
 class _Writer:
     def __init__(self) -> None:
-        self.submitted_total = 0
+        self.queued_total = 0
         self.settled_total = 0
         self.flushes = 0
 
@@ -125,6 +127,10 @@ class _Indexer:
         self.stored_position = 0
         self.backlog_bytes = 0
         self.lag_s = 12.3
+        self.hurries = 0
+
+    def hurry(self) -> None:
+        self.hurries += 1
 
 
 @pytest.mark.anyio
@@ -134,7 +140,7 @@ async def test_settle_waits_for_the_writer_then_the_indexer() -> None:
     pending = CapturePending(writer, indexer, lambda: spool_end[0])  # type: ignore[arg-type]
     assert not pending.busy() and await pending.settle(0.1)
 
-    writer.submitted_total = 3  # three captures queued
+    writer.queued_total = 3  # three captures queued
     assert pending.busy()
     task = spawn(pending.settle(5), name="settle")
     await asyncio.sleep(0.05)
@@ -142,8 +148,8 @@ async def test_settle_waits_for_the_writer_then_the_indexer() -> None:
     writer.settled_total, spool_end[0] = 3, 300  # written to the spool...
     indexer.backlog_bytes = 300
     await asyncio.sleep(0.05)
-    assert not task.done()  # ...but not indexed
-    writer.submitted_total = 5  # later captures are not waited for
+    assert not task.done() and indexer.hurries > 0  # ...but not indexed: hurried
+    writer.queued_total = 5  # later captures are not waited for
     indexer.stored_position, indexer.backlog_bytes = 300, 0
     assert await asyncio.wait_for(task, 1) is True
 
@@ -165,3 +171,59 @@ async def test_find_answers_409_when_the_captures_do_not_settle() -> None:
     assert "about 12 s behind" in caught.value.message and len(calls) == 1
     indexer.stored_position = 100
     assert await pending.find("abc", lookup, timeout_s=0.05) is None and len(calls) == 3
+
+
+@pytest.mark.anyio
+async def test_a_capture_stored_during_the_first_lookup_is_found() -> None:
+    writer = _Writer()
+    writer.queued_total = 1  # on its way when the lookup starts...
+    pending = CapturePending(writer)  # type: ignore[arg-type]
+    answers = [None, "found"]
+
+    async def lookup() -> str | None:
+        writer.settled_total = 1  # ...and stored while the first lookup read the store
+        return answers.pop(0)
+
+    assert await pending.find("abc", lookup, timeout_s=1) == "found"
+
+
+@pytest.mark.anyio
+async def test_waiters_are_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(capture_pending, "MAX_WAITERS", 1)
+    writer = _Writer()
+    writer.queued_total = 1  # never settles
+    pending = CapturePending(writer)  # type: ignore[arg-type]
+
+    async def lookup() -> None:
+        return None
+
+    first = spawn(pending.find("a", lookup, timeout_s=2), name="first")
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    with pytest.raises(capture_pending.CaptureNotStoredYet):
+        await pending.find("b", lookup, timeout_s=2)
+    assert time.monotonic() - started < 0.5  # at once, not after the timeout
+    writer.settled_total = 1
+    assert await asyncio.wait_for(first, 2) is None
+
+
+def test_records_dropped_at_once_do_not_count_as_settled_in_order() -> None:
+    """A record refused at submit settles at once, ahead of the queued ones: the FIFO count
+    (settled_total against queued_total) leaves it out."""
+    writer = CaptureWriter(
+        _NoStore(),  # type: ignore[arg-type]
+        max_queue=10,
+        max_queue_bytes=4096,
+        batch_size=10,
+        flush_interval=1.0,
+        logger=logging.getLogger("test"),
+    )
+    assert writer.submit(b"small")
+    assert not writer.submit(b"x" * 10_000)  # too large for the queue
+    assert writer.submitted_total == 2 and writer.queued_total == 1
+    assert writer.settled_total == 0  # the queued one is not written yet
+
+
+class _NoStore:
+    async def write_batch(self, records: object) -> None:
+        raise AssertionError("not started")

@@ -22,6 +22,7 @@ from proxy.indexer import (
     CAPTURE_ERROR,
     INDEXED,
     POSITION,
+    SKIPPED_BYTES,
     STORAGE_ERROR,
     IndexerOptions,
     _Indexer,
@@ -154,6 +155,31 @@ def test_each_spooled_exchange_becomes_one_capture(tmp_path: Path) -> None:
     assert not again.step()
     again.close()
     assert len(stored_ids(db)) == 7
+
+
+def test_a_torn_end_is_stored_past_so_the_backlog_empties(tmp_path: Path) -> None:
+    """A crash mid-write leaves a torn frame at the end of a segment; the position is stored
+    past it though no capture follows (else the backlog and lag would never be empty)."""
+    db = tmp_path / "db"
+    asyncio.run(migrated(db))
+    spooled(db, [make_copy(capture_id=f"t{i}", response_body=ANSWER) for i in range(2)])
+    folder = spool.spool_dir(str(db))
+    path = spool.segments(folder)[-1][1]
+    with open(path, "r+b") as file:
+        file.truncate(os.path.getsize(path) - 3)  # the second frame is torn
+    after = spool.SpoolWriter(folder)  # the next start seals it; nothing spooled since
+    end = after.end
+    after.close()
+    counters = [0] * 8
+    indexer = _Indexer(options(db), counters)
+    while indexer.step():
+        pass
+    assert stored_ids(db) == ["t0"]
+    assert counters[POSITION] == end and counters[SKIPPED_BYTES] > 0
+    assert indexer.backlog() == 0
+    with sqlite3.connect(db) as conn:
+        assert spool.stored_position(conn) == end
+    indexer.close()
 
 
 def test_a_crash_after_storing_stores_nothing_twice(tmp_path: Path) -> None:
@@ -334,6 +360,39 @@ async def test_a_locked_database_is_retried_and_counted(tmp_path: Path) -> None:
         lock.close()
         await handle.stop(deadline_s=10)
     assert stored_ids(db) == ["waited"] and handle.restarts == 0
+
+
+@pytest.mark.anyio
+async def test_a_hurry_indexes_past_the_busy_gate(tmp_path: Path) -> None:
+    db = tmp_path / "db"
+    await migrated(db)
+    # busy_share -1: the proxy always counts as busy (after the first look, which has no
+    # window yet and lets the first capture through)
+    handle = CaptureIndexer(options(db, busy_share=-1.0, poll_s=0.02))
+    await handle.start()
+    try:
+        writer = spool.SpoolWriter(spool.spool_dir(str(db)))
+        now = time.time()  # (a capture from 1970 would be over the lag bound)
+        writer.append(
+            [frames.encode(make_copy(capture_id="first", response_body=ANSWER, created_at=now))]
+        )
+        deadline = time.monotonic() + 10
+        while handle.indexed_total < 1:
+            assert time.monotonic() < deadline, "the first capture was not indexed"
+            await asyncio.sleep(0.02)
+        writer.append(
+            [frames.encode(make_copy(capture_id="second", response_body=ANSWER, created_at=now))]
+        )
+        await asyncio.sleep(0.5)
+        assert handle.indexed_total == 1  # held back by the busy gate
+        handle.hurry()
+        while handle.indexed_total < 2:
+            assert time.monotonic() < deadline, "a hurry did not index the capture"
+            await asyncio.sleep(0.02)
+        writer.close()
+    finally:
+        await handle.stop(deadline_s=10)
+    assert stored_ids(db) == ["first", "second"]
 
 
 def test_capture_index_setting() -> None:
