@@ -154,9 +154,9 @@ class Builder:
             self.rejected["leakage"] += 1
             self.leakage_removed += 1
             return
-        self.seen_content.add(content, absent=True)
+        self.seen_content.add(content)
         if near is not None:
-            self.seen_near.add(near, absent=True)
+            self.seen_near.add(near)
         self.tokens[split].append(verdict.size)
         self.answer_tokens[split] += verdict.answer_tokens
         self.digest.update(f"{split}:{verdict.content_hash}\n".encode())

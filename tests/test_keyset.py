@@ -11,31 +11,37 @@ from storage._keyset import KeySet
 KEYS = st.integers(min_value=0, max_value=2**64 - 1)
 
 
-@given(st.lists(st.tuples(st.booleans(), KEYS), max_size=300))
+# Keys crowded into a few buckets (the top bits), so buckets hold many sorted keys.
+CROWDED = st.builds(
+    lambda top, low: top << _keyset._SHIFT | low,
+    st.integers(0, 3) | st.just(_keyset.BUCKETS - 1),
+    st.integers(0, 2**_keyset._SHIFT - 1) | st.integers(0, 40),
+)
+
+
+@given(st.lists(st.tuples(st.booleans(), KEYS | CROWDED), max_size=300))
 def test_keyset_matches_a_set(operations: list[tuple[bool, int]]) -> None:
-    # a tiny merge threshold, so most keys live in the sorted array
-    _keyset.MERGE_AT, before = 4, _keyset.MERGE_AT
-    try:
-        keys, expected = KeySet(), set()
-        for add, key in operations:
-            if add:
-                # absent=True where the caller has just checked, as the builder does
-                keys.add(key, absent=key % 2 == 0 and key not in keys)
-                expected.add(key)
-            assert (key in keys) == (key in expected)
-        assert len(keys) == len(expected)
-        for key in expected:
-            assert key in keys
-    finally:
-        _keyset.MERGE_AT = before
+    keys, expected = KeySet(), set()
+    for add, key in operations:
+        if add:
+            keys.add(key)
+            expected.add(key)
+        assert (key in keys) == (key in expected)
+    assert len(keys) == len(expected)
+    for key in expected:
+        assert key in keys
+    for bucket in keys._buckets:
+        assert bucket is None or list(bucket) == sorted(set(bucket))
 
 
-def test_keyset_keeps_old_keys_in_eight_bytes_each() -> None:
+def test_keyset_keeps_keys_in_eight_bytes_each() -> None:
     keys = KeySet()
     for key in range(0, 3 * 200_000, 3):
         keys.add(key * 0x9E3779B97F4A7C15 % 2**64)
     assert len(keys) == 200_000
     assert 7 * 0x9E3779B97F4A7C15 % 2**64 not in keys
     assert 9 * 0x9E3779B97F4A7C15 % 2**64 in keys
-    assert "not an int" not in keys
-    assert keys._old.itemsize * len(keys._old) <= 8 * 200_000
+    assert "not an int" not in keys and -1 not in keys and 2**64 not in keys
+    assert sum(len(b) for b in keys._buckets if b is not None) == 200_000
+    held = sum(b.buffer_info()[1] * b.itemsize for b in keys._buckets if b is not None)
+    assert held == 8 * 200_000
