@@ -15,7 +15,6 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +22,7 @@ from proxy.indexer import (
     CAPTURE_ERROR,
     DRAIN,
     END,
-    HURRY,
+    HURRY_UNTIL,
     INDEXED,
     LAG_MS,
     POSITION,
@@ -37,8 +36,6 @@ from proxy.indexer import (
 from proxy.tasks import cancel_and_wait, spawn
 
 logger = logging.getLogger("stillroom.indexer")
-
-HURRY_EVERY_S = 0.1
 
 
 def _context() -> Any:
@@ -74,7 +71,6 @@ class CaptureIndexer:
         self._stopping = False
         self._spawning: asyncio.Future[None] | None = None
         self.restarts = 0
-        self._hurried_at = -HURRY_EVERY_S
 
     # -- counters ----------------------------------------------------------------------------
 
@@ -158,16 +154,14 @@ class CaptureIndexer:
         self._spawning = asyncio.get_running_loop().run_in_executor(None, self._spawn)
         return self._spawning
 
-    def hurry(self) -> None:
-        """Ask the indexer to store what is spooled now without waiting for the proxy to be
-        idle (someone waits for a capture: ``proxy.capture_pending``); at most every
-        ``HURRY_EVERY_S``."""
-        now = time.monotonic()
-        if self._pipe is None or now - self._hurried_at < HURRY_EVERY_S:
-            return
-        self._hurried_at = now
-        with contextlib.suppress(OSError, ValueError):
-            self._pipe.send(HURRY)
+    def hurry(self, until: int) -> None:
+        """Ask the indexer to store up to spool position ``until`` at normal priority, without
+        waiting for the proxy to be idle (someone waits for a capture: ``proxy.capture_pending``),
+        until ``unhurry``. A shared counter: never blocks, and a restarted indexer sees it."""
+        self._counters[HURRY_UNTIL] = max(int(self._counters[HURRY_UNTIL]), until)
+
+    def unhurry(self) -> None:
+        self._counters[HURRY_UNTIL] = 0
 
     async def stop(self, deadline_s: float) -> int:
         """Index what is left (up to ``deadline_s``) and stop; the bytes left for the next

@@ -9,8 +9,8 @@ the id it has just been given would otherwise be told there is no such capture.
 ``CapturePending.settle`` waits until everything queued before the call is stored (or
 dropped, and counted): the writer has settled its first N records (it is asked to flush at
 once), then the indexer's stored position has passed the spool's end as of that moment (it is
-asked to hurry: to index up to there at normal priority, without waiting for the proxy to be
-idle). ``find`` wraps a lookup by id (the admin
+asked to hurry while anyone waits: to index up to there at normal priority, without waiting
+for the proxy to be idle). ``find`` wraps a lookup by id (the admin
 API's capture routes, the Stored Completions API): a capture that is missing while captures are
 on their way is looked up again once they have settled; if they do not settle within
 ``SETTLE_S``, the answer is ``proxy.errors.CaptureNotStoredYet`` (409, ``Retry-After``), which
@@ -53,6 +53,7 @@ class CapturePending:
         self._indexer = indexer
         self._spool_end = spool_end or (lambda: None)
         self._waiters = 0
+        self._hurrying = 0  # settles waiting for the indexer
 
     def busy(self) -> bool:
         """Some capture queued so far is not stored (nor dropped) yet."""
@@ -62,8 +63,8 @@ class CapturePending:
         return indexer is not None and indexer.backlog_bytes > 0
 
     async def settle(self, timeout_s: float) -> bool:
-        """Wait until every capture submitted before this call is stored or dropped; False
-        if ``timeout_s`` ran out first."""
+        """Wait until every capture queued before this call is stored or dropped; False if
+        ``timeout_s`` ran out first."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         writer, indexer = self._writer, self._indexer
@@ -77,12 +78,20 @@ class CapturePending:
         if indexer is None:
             return True
         end = self._spool_end() or 0
-        while indexer.stored_position < end:
-            if loop.time() >= deadline:
-                return False
-            indexer.hurry()  # do not wait for the proxy to be idle
-            await asyncio.sleep(POLL_S)
-        return True
+        if indexer.stored_position >= end:
+            return True
+        self._hurrying += 1
+        try:
+            indexer.hurry(end)  # do not wait for the proxy to be idle
+            while indexer.stored_position < end:
+                if loop.time() >= deadline:
+                    return False
+                await asyncio.sleep(POLL_S)
+            return True
+        finally:
+            self._hurrying -= 1
+            if not self._hurrying:  # nobody waits any more: back to idle priority
+                indexer.unhurry()
 
     async def find(
         self,

@@ -54,14 +54,16 @@ from storage.sqlite import encode_records, open_sync_writer, translated_errors, 
 
 # Slots of the shared counter array.
 INDEXED, CAPTURE_ERROR, STORAGE_ERROR, POSITION, END, LAG_MS, RETRIES, SKIPPED_BYTES = range(8)
-SLOTS = 8
+# Set by the parent while someone waits for a capture (proxy.capture_pending): index up to this
+# spool position at normal priority, past the busy gate; 0 when nobody waits.
+HURRY_UNTIL = 8
+SLOTS = 9
 
 _CAP_SYS_NICE = 23
 RETRY_INITIAL_S = 0.05
 RETRY_MAX_S = 2.0
 BUSY_WINDOW_S = 0.1
 DRAIN = "drain"
-HURRY = "hurry"  # someone waits for what is spooled now: index up to it at normal priority
 
 logger = logging.getLogger("stillroom.indexer")
 
@@ -343,25 +345,20 @@ def run(
     indexer: _Indexer | None = None
     draining = False
     over = False
-    hurry, hurry_until = False, -1  # a HURRY message; the spool end it asked for
     delay = RETRY_INITIAL_S
     try:
         while True:
             try:
                 if pipe.poll():
-                    if pipe.recv() == HURRY:
-                        hurry = True
-                    else:
-                        draining = True
-                        priority.set(idle=False)
+                    pipe.recv()
+                    draining = True
+                    priority.set(idle=False)
             except (EOFError, OSError):
                 return  # the parent is gone
             try:
                 if indexer is None:
                     indexer = _Indexer(options, counters, priority)
                 waiting = indexer.backlog()
-                if hurry:
-                    hurry, hurry_until = False, int(counters[END])
                 if not waiting:
                     counters[LAG_MS] = 0
                     if draining:
@@ -372,7 +369,7 @@ def run(
                     continue
                 if not draining:
                     over = _over_bounds(options, over, indexer.lag(), waiting)
-                    hurried = int(counters[POSITION]) < hurry_until
+                    hurried = int(counters[POSITION]) < int(counters[HURRY_UNTIL])
                     priority.set(idle=not (over or hurried))
                     if not (over or hurried) and load.busy(options.busy_share):
                         _wait(pipe, BUSY_WINDOW_S)

@@ -1,13 +1,15 @@
-"""A set of 64-bit keys in about 9 bytes a key (private; the dataset builder's hash sets).
+"""A compact set of 64-bit keys (private; the dataset builder's hash sets).
 
 A Python ``set`` of a million 64-bit ints holds about 70 MB (an int object and a table slot per
 key); a dataset build keeps up to three such sets for as many captures as it reads. ``KeySet``
 spreads the keys over ``BUCKETS`` small sorted ``array("Q")`` by their top bits (the keys are
-hash prefixes, so evenly): 8 bytes a key plus ~70 bytes per bucket in use (at most ~1.2 MB).
-A lookup is a bisection of one bucket (~60 keys at a million), and an insert moves at most that
-bucket's tail: no merges, no pauses, whatever the size. A million keys: 9.6 MB, about 1 µs for
-a lookup and an insert (a sorted array with a set of new keys merged into it every 65,536 keys,
-before: 8.3 MB but a 17.7 MB peak while merging, and 2.5 µs).
+hash prefixes, so evenly): 8 bytes a key plus about 1 for the arrays' spare room, and 80 bytes
+per bucket in use (at most ~1.4 MB with the bucket list). So about 10 bytes a key at a million
+keys (10.1 MB measured), 9 from a few million. A lookup is a bisection of one bucket (~60 keys
+at a million), and an insert moves at most that bucket's tail: no merges, no pauses, whatever
+the size. The previous form, one sorted array with a set of new keys merged into it every
+65,536 keys, held 8.3 MB for a million keys but peaked at 17.7 MB while merging, and cost
+2.5 µs for a lookup and an insert where this costs about 1 µs.
 """
 
 from __future__ import annotations

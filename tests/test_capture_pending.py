@@ -127,10 +127,13 @@ class _Indexer:
         self.stored_position = 0
         self.backlog_bytes = 0
         self.lag_s = 12.3
-        self.hurries = 0
+        self.hurried_to = 0
 
-    def hurry(self) -> None:
-        self.hurries += 1
+    def hurry(self, until: int) -> None:
+        self.hurried_to = max(self.hurried_to, until)
+
+    def unhurry(self) -> None:
+        self.hurried_to = 0
 
 
 @pytest.mark.anyio
@@ -148,10 +151,11 @@ async def test_settle_waits_for_the_writer_then_the_indexer() -> None:
     writer.settled_total, spool_end[0] = 3, 300  # written to the spool...
     indexer.backlog_bytes = 300
     await asyncio.sleep(0.05)
-    assert not task.done() and indexer.hurries > 0  # ...but not indexed: hurried
+    assert not task.done() and indexer.hurried_to == 300  # ...but not indexed: hurried
     writer.queued_total = 5  # later captures are not waited for
     indexer.stored_position, indexer.backlog_bytes = 300, 0
     assert await asyncio.wait_for(task, 1) is True
+    assert indexer.hurried_to == 0  # nobody waits any more
 
 
 @pytest.mark.anyio

@@ -385,14 +385,20 @@ async def test_a_hurry_indexes_past_the_busy_gate(tmp_path: Path) -> None:
         )
         await asyncio.sleep(0.5)
         assert handle.indexed_total == 1  # held back by the busy gate
-        handle.hurry()
+        handle.hurry(writer.end)
         while handle.indexed_total < 2:
             assert time.monotonic() < deadline, "a hurry did not index the capture"
             await asyncio.sleep(0.02)
+        handle.unhurry()
+        writer.append(
+            [frames.encode(make_copy(capture_id="third", response_body=ANSWER, created_at=now))]
+        )
+        await asyncio.sleep(0.5)
+        assert handle.indexed_total == 2  # not hurried any more: held back again
         writer.close()
     finally:
         await handle.stop(deadline_s=10)
-    assert stored_ids(db) == ["first", "second"]
+    assert stored_ids(db) == ["first", "second", "third"]  # the stop drains
 
 
 def test_capture_index_setting() -> None:

@@ -1,4 +1,4 @@
-"""``storage._keyset.KeySet`` behaves as a set of 64-bit ints, across merges."""
+"""``storage._keyset.KeySet`` behaves as a set of 64-bit ints, in crowded buckets too."""
 
 from __future__ import annotations
 
