@@ -22,8 +22,8 @@ holds that ASCII form of each shipped encoding's pattern, written from it term b
 
 ``tests/test_tokens.py`` checks the counts against tiktoken's own on generated ASCII text (every
 character class and the joins between them) and on the repository's text. Any text with a
-non-ASCII character, or an encoding whose pattern is not in ``ASCII_PATTERNS``, is counted by
-tiktoken unchanged.
+non-ASCII character, or an encoding not in ``ASCII_PATTERNS``, is counted by tiktoken
+unchanged.
 """
 
 from __future__ import annotations
@@ -37,21 +37,13 @@ _W = r" \t\n\x0b\x0c\r"  # Unicode White_Space within ASCII
 _S = rf"[{_W}]"
 _NOT_S = rf"[^{_W}]"
 
-# pat_str -> its form for ASCII-only text. Keys are tiktoken's patterns verbatim (storage.tokens
-# SPECS, checked against tiktoken_ext there).
+# Encoding name -> the ASCII form of its pattern (``storage.tokens.SPECS`` holds the pattern
+# itself, checked against tiktoken_ext there), term by term in the pattern's own order.
 ASCII_PATTERNS: dict[str, str] = {
-    # o200k_base
-    "|".join(
-        [
-            r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-            r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-            r"""\p{N}{1,3}""",
-            r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
-            r"""\s*[\r\n]+""",
-            r"""\s+(?!\S)""",
-            r"""\s+""",
-        ]
-    ): "|".join(
+    # [^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|…)?
+    # | …[\p{Lu}…]+[\p{Ll}…]*(?i:'s|…)? | \p{N}{1,3} | ?[^\s\p{L}\p{N}]+[\r\n/]* | \s*[\r\n]+
+    # | \s+(?!\S) | \s+
+    "o200k_base": "|".join(
         [
             r"[^\r\nA-Za-z0-9]?[A-Z]*[a-z]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
             r"[^\r\nA-Za-z0-9]?[A-Z]+[a-z]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
@@ -62,8 +54,9 @@ ASCII_PATTERNS: dict[str, str] = {
             rf"{_S}+",
         ]
     ),
-    # cl100k_base
-    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""": "|".join(  # noqa: E501
+    # '(?i:[sdmt]|ll|ve|re) | [^\r\n\p{L}\p{N}]?+\p{L}++ | \p{N}{1,3}+ | ?[^\s\p{L}\p{N}]++[\r\n]*+
+    # | \s++$ | \s*[\r\n] | \s+(?!\S) | \s
+    "cl100k_base": "|".join(
         [
             r"'(?i:[sdmt]|ll|ve|re)",
             r"[^\r\nA-Za-z0-9]?+[A-Za-z]++",
@@ -92,7 +85,7 @@ class PieceCounter:
         self._encoding = encoding
         self._memo: dict[str, int] = {}
         self._memo_pieces = memo_pieces
-        pattern = ASCII_PATTERNS.get(encoding._pat_str)
+        pattern = ASCII_PATTERNS.get(encoding.name)
         # tiktoken's byte-pair step for one piece (its encode_ordinary does the same per piece)
         self._piece: Callable[[bytes], list[int]] | None = getattr(
             encoding._core_bpe, "encode_single_piece", None

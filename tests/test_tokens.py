@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from tiktoken_ext import openai_public
 
 from storage import tokens
-from storage._token_pieces import PieceCounter
+from storage._token_pieces import ASCII_PATTERNS, PieceCounter
 from storage.tokens import (
     EncodingFileError,
     count_answer,
@@ -400,6 +400,10 @@ def test_the_repositorys_own_text_counts_as_tiktoken_counts(name):
         text = path.read_text()
         for chunk in (text, *text.split("\n\n")):
             assert counter(chunk) == len(encoding.encode_ordinary(chunk)), path
+
+
+def test_every_shipped_encoding_has_its_ascii_pattern():
+    assert set(ASCII_PATTERNS) == set(tokens.SPECS)
 
 
 def test_non_ascii_text_is_left_to_tiktoken():
