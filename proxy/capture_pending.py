@@ -10,9 +10,9 @@ the id it has just been given would otherwise be told there is no such capture.
 dropped, and counted): the writer has settled its first N records (it is asked to flush at
 once), then the indexer's stored position has passed the spool's end as of that moment (it is
 asked to hurry while anyone waits: to index up to there at normal priority, without waiting
-for the proxy to be idle). ``find`` wraps a lookup by id (the admin
-API's capture routes, the Stored Completions API): a capture that is missing while captures are
-on their way is looked up again once they have settled; if they do not settle within
+for the proxy to be idle). ``find`` wraps a lookup by id (the admin API's capture routes, the
+Stored Completions API): a capture that is missing while captures are on their way is looked
+up again once they have settled; if they do not settle within
 ``SETTLE_S``, the answer is ``proxy.errors.CaptureNotStoredYet`` (409, ``Retry-After``), which
 the OpenAI SDKs retry, instead of a 404 that would be wrong; so is a lookup beyond
 ``MAX_WAITERS`` waiting at once. A capture whose exchange has not ended (a stream still
@@ -41,7 +41,7 @@ MAX_WAITERS = 32  # lookups waiting at once; more are answered 409 at once
 
 
 class CapturePending:
-    """Waits for the captures submitted so far to reach the store (see the module)."""
+    """Waits for the captures queued so far to reach the store (see the module)."""
 
     def __init__(
         self,
