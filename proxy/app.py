@@ -238,7 +238,7 @@ class StillroomApp:
         )
         router = await self._router(store) if s.capture else None
         forwarder = Forwarder(relay, pool, self.metrics, policy, router)
-        on_the_way = CapturePending(writer, indexer, lambda: local.spool_end if local else None)
+        on_the_way = CapturePending(writer, indexer)
         self.state = AppState(
             client=client,
             forwarder=forwarder,

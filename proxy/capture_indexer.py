@@ -79,10 +79,14 @@ class CaptureIndexer:
         return int(self._counters[INDEXED])
 
     @property
+    def spool_end(self) -> int:
+        """The end of what is spooled: the writer's, else what the indexer last saw."""
+        return max(self._spool_end() or 0, int(self._counters[END]))
+
+    @property
     def backlog_bytes(self) -> int:
         """Spooled bytes not yet stored as captures."""
-        end = max(self._spool_end() or 0, int(self._counters[END]))
-        return max(0, end - int(self._counters[POSITION]))
+        return max(0, self.spool_end - int(self._counters[POSITION]))
 
     @property
     def lag_s(self) -> float:

@@ -43,15 +43,9 @@ MAX_WAITERS = 32  # lookups waiting at once; more are answered 409 at once
 class CapturePending:
     """Waits for the captures queued so far to reach the store (see the module)."""
 
-    def __init__(
-        self,
-        writer: CaptureWriter,
-        indexer: CaptureIndexer | None = None,
-        spool_end: Callable[[], int | None] | None = None,
-    ) -> None:
+    def __init__(self, writer: CaptureWriter, indexer: CaptureIndexer | None = None) -> None:
         self._writer = writer
         self._indexer = indexer
-        self._spool_end = spool_end or (lambda: None)
         self._waiters = 0
         self._hurrying = 0  # settles waiting for the indexer
 
@@ -77,7 +71,7 @@ class CapturePending:
             await asyncio.sleep(POLL_S)
         if indexer is None:
             return True
-        end = self._spool_end() or 0
+        end = indexer.spool_end
         if indexer.stored_position >= end:
             return True
         self._hurrying += 1

@@ -125,6 +125,7 @@ class _Writer:
 class _Indexer:
     def __init__(self) -> None:
         self.stored_position = 0
+        self.spool_end = 0
         self.backlog_bytes = 0
         self.lag_s = 12.3
         self.hurried_to = 0
@@ -139,8 +140,7 @@ class _Indexer:
 @pytest.mark.anyio
 async def test_settle_waits_for_the_writer_then_the_indexer() -> None:
     writer, indexer = _Writer(), _Indexer()
-    spool_end = [0]
-    pending = CapturePending(writer, indexer, lambda: spool_end[0])  # type: ignore[arg-type]
+    pending = CapturePending(writer, indexer)  # type: ignore[arg-type]
     assert not pending.busy() and await pending.settle(0.1)
 
     writer.queued_total = 3  # three captures queued
@@ -148,7 +148,7 @@ async def test_settle_waits_for_the_writer_then_the_indexer() -> None:
     task = spawn(pending.settle(5), name="settle")
     await asyncio.sleep(0.05)
     assert not task.done() and writer.flushes == 1
-    writer.settled_total, spool_end[0] = 3, 300  # written to the spool...
+    writer.settled_total, indexer.spool_end = 3, 300  # written to the spool...
     indexer.backlog_bytes = 300
     await asyncio.sleep(0.05)
     assert not task.done() and indexer.hurried_to == 300  # ...but not indexed: hurried
@@ -161,7 +161,8 @@ async def test_settle_waits_for_the_writer_then_the_indexer() -> None:
 @pytest.mark.anyio
 async def test_find_answers_409_when_the_captures_do_not_settle() -> None:
     writer, indexer = _Writer(), _Indexer()
-    pending = CapturePending(writer, indexer, lambda: 100)  # type: ignore[arg-type]
+    pending = CapturePending(writer, indexer)  # type: ignore[arg-type]
+    indexer.spool_end = 100
     indexer.backlog_bytes = 100  # spooled, and the indexer does not move
     calls = []
 
