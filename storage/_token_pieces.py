@@ -9,9 +9,10 @@ has met (a bounded memo) and most of the byte-pair work becomes a dict lookup.
 
 The regex is the other half of the cost. tiktoken's runs in Rust with Unicode classes; on text
 that is all ASCII those classes are plain ASCII ranges, and Python's ``re`` (possessive
-quantifiers since 3.11) cuts the same pieces at about half the cost of the whole tiktoken call
-(``bench/dataset_throughput.py``: ~9 µs instead of ~21 µs for a 40-word answer). ``ASCII_PATTERNS``
-holds that ASCII form of each shipped encoding's pattern, written from it term by term:
+quantifiers since 3.11) cuts the same pieces for about a quarter of the whole tiktoken call
+(``bench/dataset_parts.py``, a 40-word answer: the regex 6.1 µs, the whole count 9.4 µs,
+tiktoken 22.6 µs). ``ASCII_PATTERNS`` holds that ASCII form of each shipped encoding's
+pattern, written from it term by term:
 
 * ``\\p{L}`` is ``A-Za-z``; ``\\p{Lu}`` is ``A-Z`` and ``\\p{Ll}`` is ``a-z``; ``\\p{Lt}``,
   ``\\p{Lm}``, ``\\p{Lo}`` and ``\\p{M}`` hold no ASCII character; ``\\p{N}`` is ``0-9``;
